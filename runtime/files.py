@@ -1,0 +1,45 @@
+"""Writing output files all-or-nothing.
+
+A run writes several files per input (CSV tables, a JSON summary, an overlay
+PNG).  :func:`write_all` writes each to a temporary file in the target folder
+and renames them into place only when all were written, so a failed or
+interrupted run never leaves a half-written or partial set of outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import SpineDetError
+
+
+def write_all(contents: dict) -> list[Path]:
+    """Write ``{path: bytes or str}`` atomically as a group; return the paths written.
+
+    Raises SpineDetError naming the file that could not be written; then no
+    file of the group is left behind (earlier files of the group are not
+    replaced either).
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+                staged.append((tmp, path))
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:
+                raise SpineDetError(f"cannot write output ({exc.strerror or exc})", path) from None
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        return [path for _, path in staged]
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
