@@ -2,11 +2,18 @@
 
 A :class:`BoxTable` holds one row per spine per optical slice:
 
-``stack``     name of the stack the row belongs to ("" for a single stack)
+``stack``     the scope of spine ids: rows with the same stack and spine_id
+              are one 3D spine ("" for a single stack)
 ``spine_id``  integer id of the 3D spine (unique within a stack)
 ``z``         slice index (0 for a single 2D image)
 ``boxes``     ``(N, 4)`` float, (x_min, y_min, x_max, y_max) in pixels
 ``score``     detection confidence in [0, 1] (1 for ground truth)
+``source``    the image series the slice belongs to: a slice is the pair
+              (source, z).  Usually equal to ``stack``; it differs for the
+              paper's tracking CSV, whose ids are global over all the stacks
+              in one file (the authors tracked their test stacks as one
+              sequence), so there ``stack`` is "" and ``source`` is the stack
+              named in each row's file name.
 
 Formats read by :func:`read_box_table`:
 
@@ -14,7 +21,7 @@ Formats read by :func:`read_box_table`:
   (optionally with a leading ``stack`` column, as consensus files have);
 * the paper's tracking CSV: ``id,filename,width,height,class,score,xmin,
   ymin,xmax,ymax``, slice index from the two digits before ``.png`` in
-  ``filename`` and the stack from the rest of the file name.
+  ``filename`` and the source stack from the rest of the file name.
 """
 
 from __future__ import annotations
@@ -43,32 +50,47 @@ class BoxTable:
     z: np.ndarray
     boxes: np.ndarray
     score: np.ndarray
+    source: np.ndarray
+
+    FIELDS = ("stack", "spine_id", "z", "boxes", "score", "source")
 
     @classmethod
     def empty(cls) -> "BoxTable":
-        return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
-                   np.zeros((0, 4)), np.zeros(0))
+        return cls.from_rows([], [], np.zeros((0, 4)), [])
 
     @classmethod
-    def from_rows(cls, spine_id, z, boxes, score, stack=None) -> "BoxTable":
+    def from_rows(cls, spine_id, z, boxes, score, stack=None, source=None) -> "BoxTable":
         n = len(spine_id)
+        stack = np.asarray([""] * n if stack is None else stack, dtype=object).reshape(n)
         return cls(
-            np.asarray([""] * n if stack is None else stack, dtype=object).reshape(n),
+            stack,
             np.asarray(spine_id, dtype=np.int64).reshape(n),
             np.asarray(z, dtype=np.int64).reshape(n),
             np.asarray(boxes, dtype=np.float64).reshape(n, 4),
             np.asarray(score, dtype=np.float64).reshape(n),
+            stack.copy() if source is None else np.asarray(source, dtype=object).reshape(n),
         )
+
+    @classmethod
+    def concatenate(cls, tables) -> "BoxTable":
+        tables = list(tables)
+        if not tables:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(t, f) for t in tables]) for f in cls.FIELDS))
 
     def __len__(self) -> int:
         return len(self.spine_id)
 
     def stacks(self) -> list[str]:
-        """The stack names in order of first appearance."""
+        """The stack names (scopes of spine ids) in order of first appearance."""
         return list(dict.fromkeys(self.stack.tolist()))
 
+    def sources(self) -> list[str]:
+        """The image series names in order of first appearance."""
+        return list(dict.fromkeys(self.source.tolist()))
+
     def select(self, mask) -> "BoxTable":
-        return BoxTable(self.stack[mask], self.spine_id[mask], self.z[mask], self.boxes[mask], self.score[mask])
+        return BoxTable(*(getattr(self, f)[mask] for f in self.FIELDS))
 
 
 def slice_index_from_name(filename: str) -> tuple[str, int] | None:
@@ -90,6 +112,19 @@ def boxes_csv_text(table: BoxTable, with_stack: bool = False) -> str:
         row = [int(table.spine_id[i]), int(table.z[i]), f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}", f"{y1:.2f}",
                f"{table.score[i]:.4f}"]
         writer.writerow(([table.stack[i]] if with_stack else []) + row)
+    return out.getvalue()
+
+
+def paper_tracking_csv_text(table: BoxTable) -> str:
+    """``table`` in the paper's tracking CSV format (file names ``<source>-<z>.png``, class ``spine``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PAPER_TRACKING_COLUMNS)
+    order = np.lexsort((table.spine_id, table.z, table.source.astype(str)))
+    for i in order:
+        x0, y0, x1, y1 = table.boxes[i]
+        writer.writerow([int(table.spine_id[i]), f"{table.source[i]}-{int(table.z[i]):02d}.png", "", "", "spine",
+                         f"{table.score[i]:.4f}", f"{x0:.2f}", f"{y0:.2f}", f"{x1:.2f}", f"{y1:.2f}"])
     return out.getvalue()
 
 
@@ -133,17 +168,18 @@ def _read_project_rows(header, body) -> BoxTable:
 
 def _read_paper_rows(header, body) -> BoxTable:
     col = {name: k for k, name in enumerate(header)}
-    stacks, zs = [], []
+    sources, zs = [], []
     for r in body:
         parsed = slice_index_from_name(r[col["filename"]])
         if parsed is None:
             raise ValueError(f"file name {r[col['filename']]!r} does not end in -NN.png")
-        stacks.append(parsed[0])
+        sources.append(parsed[0])
         zs.append(parsed[1])
     return BoxTable.from_rows(
         [int(float(r[col["id"]])) for r in body],
         zs,
         [[float(r[col[c]]) for c in ("xmin", "ymin", "xmax", "ymax")] for r in body],
         [float(r[col["score"]]) for r in body],
-        stacks,
+        stack=None,  # ids are global over the file
+        source=sources,
     )

@@ -1,0 +1,104 @@
+"""Inference backends: the only place in spinedet that knows onnxruntime (or TensorRT).
+
+A backend takes a batch ``[B, 1, H, W]`` float32 of normalised slices and
+returns ``boxes [B, K, 4]`` and ``scores [B, K]`` as the model contract
+(:mod:`spinedet.runtime.contract`) defines them.  Post-processing never knows
+which backend ran.
+
+Devices (``device=``):
+``cpu``       onnxruntime's CPU provider;
+``cuda``      onnxruntime's CUDA provider (needs ``onnxruntime-gpu``);
+``tensorrt``  onnxruntime's TensorRT provider, CUDA and CPU as fallback;
+``auto``      the best of these that is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .contract import INPUT_NAME, OUTPUT_NAMES, ModelCard
+from .errors import SpineDetError
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX spine detector with onnxruntime.
+
+    model_path: the ``.onnx`` file; card: its :class:`ModelCard`.
+    threads: intra-op threads for the CPU provider (None: onnxruntime's default).
+    max_batch: the largest batch the graph accepts (1 for a graph exported with
+    a fixed batch of 1, else None for any).
+    """
+
+    def __init__(self, model_path, card: ModelCard, device: str = "cpu", threads: int | None = None):
+        import onnxruntime
+
+        self.path = Path(model_path)
+        self.card = card
+        if device not in DEVICES:
+            raise SpineDetError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        available = onnxruntime.get_available_providers()
+        if device == "auto":
+            device = next(d for d in ("tensorrt", "cuda", "cpu") if _PROVIDERS[d][0] in available)
+        if _PROVIDERS[device][0] not in available:
+            raise SpineDetError(f"device {device!r} needs onnxruntime with {_PROVIDERS[device][0]} "
+                                f"(pip install 'spinedet[gpu]'); this onnxruntime has {', '.join(available)}")
+        self.device = device
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options,
+                                                        providers=[p for p in _PROVIDERS[device] if p in available])
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SpineDetError(f"not a usable ONNX model ({first_line})", self.path) from None
+        self.max_batch = self._check_signature()
+
+    def _check_signature(self) -> int | None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or not set(OUTPUT_NAMES) <= outputs:
+            raise SpineDetError(f"model does not follow the spinedet contract: needs input {INPUT_NAME!r} and "
+                                f"outputs {OUTPUT_NAMES}, has {sorted(inputs)} -> {sorted(outputs)}", self.path)
+        shape = inputs[INPUT_NAME].shape
+        expected = [1, *self.card.input_size]
+        if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] not in (expected,):
+            raise SpineDetError(f"model input {INPUT_NAME!r} has shape {shape}, the card says "
+                                f"[B, 1, {self.card.input_size[0]}, {self.card.input_size[1]}]", self.path)
+        return 1 if shape[0] == 1 else None
+
+    def run(self, batch: np.ndarray):
+        """``batch [B, 1, H, W]`` float32 -> ``(boxes [B, K, 4], scores [B, K])`` float32."""
+        step = self.max_batch or len(batch)
+        boxes, scores = [], []
+        for start in range(0, len(batch), step):
+            part = np.ascontiguousarray(batch[start:start + step], dtype=np.float32)
+            try:
+                result = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: part})
+            except Exception as exc:
+                raise SpineDetError(f"inference failed ({str(exc).strip().splitlines()[0]})", self.path) from None
+            boxes.append(np.asarray(result[0], dtype=np.float32))
+            scores.append(np.asarray(result[1], dtype=np.float32))
+        boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+        if boxes.shape[:1] + boxes.shape[2:] != (len(batch), 4) or scores.shape != boxes.shape[:2]:
+            raise SpineDetError(f"model returned boxes {boxes.shape} and scores {scores.shape} for a batch of "
+                                f"{len(batch)}; the contract is [B, K, 4] and [B, K]", self.path)
+        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+            raise SpineDetError("model returned NaN or infinite values", self.path)
+        return boxes, scores
+
+
+def open_backend(model_path, card: ModelCard, device: str = "cpu", threads: int | None = None):
+    """The backend for ``device`` running ``model_path``."""
+    return OnnxRuntimeBackend(model_path, card, device, threads)

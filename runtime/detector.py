@@ -1,0 +1,303 @@
+"""The spine detection pipeline as a library: load a model once, detect in many stacks.
+
+Data flows one way: slices -> (rescale, normalise, tile) -> batches ->
+backend -> raw boxes -> post-processing -> tracker -> :class:`Spine` records.
+
+>>> detector = SpineDetector()                      # the shipped default model
+>>> result = detector.detect(stack, voxel_size=(0.5, 0.1, 0.1))   # (z, y, x) µm
+>>> for spine in result.spines: ...
+
+For a microscope that delivers slices one by one, :meth:`SpineDetector.stream`
+returns a :class:`SliceStream`: feed it slices as they arrive and it hands
+back each spine as soon as its track closes.
+
+Nothing here prints or keeps global state; every user-caused failure is a
+:class:`~spinedet.runtime.errors.SpineDetError`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import contract
+from .backends import open_backend
+from .errors import SpineDetError
+from .postprocess import MAX_AREA_UM2, NMS_IOM, SCORE_THRESHOLD, filter_detections, max_area_pixels
+from .spines import Spine, box_fluorescence, spine_from_track
+from .stacks import Stack, VoxelSize
+from .tables import BoxTable
+from .tiling import cut_tile, inner_edge_mask, plan_tiles, resize, scaled_shape
+from .tracking import LINK_IOM, MAX_MISSES, SliceTracker, tracks_to_table
+
+DEFAULT_MODEL_NAME = "spinedet_default.onnx"
+MIN_SIDE_PX = 16  # in model pixels: anything smaller cannot hold a spine
+
+
+def default_model_path() -> Path:
+    """The model shipped in ``spinedet.models``."""
+    return Path(str(resources.files("spinedet.models") / DEFAULT_MODEL_NAME))
+
+
+@dataclass
+class DetectionResult:
+    """What :meth:`SpineDetector.detect` found in one stack.
+
+    spines: the 3D spines, by id.  table: one row per spine per detected slice.
+    shape: ``(Z, Y, X)`` of the input.  voxel_size: as used (µm).
+    intensity_range: raw intensities mapped to 0 and 1 for the model.
+    timings: seconds spent per stage (read, infer, postprocess, track).
+    mip: True if detection ran on the maximum-intensity projection.
+    projection: the ``(Y, X)`` maximum-intensity projection, if asked for.
+    """
+
+    spines: list
+    table: BoxTable
+    shape: tuple
+    voxel_size: VoxelSize
+    intensity_range: tuple
+    timings: dict = field(default_factory=dict)
+    mip: bool = False
+    projection: np.ndarray | None = None
+
+
+class _Clock:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _as_voxel_size(voxel_size) -> VoxelSize:
+    if voxel_size is None:
+        return VoxelSize()
+    if isinstance(voxel_size, VoxelSize):
+        return voxel_size
+    values = tuple(voxel_size) if np.ndim(voxel_size) else (None, voxel_size, voxel_size)
+    if len(values) != 3:
+        raise SpineDetError(f"voxel_size must be (z, y, x) in µm, got {voxel_size!r}")
+    z, _, x = values
+    for v in (z, x):
+        if v is not None and not v > 0:
+            raise SpineDetError(f"voxel sizes must be positive µm, got {voxel_size!r}")
+    return VoxelSize(x, z, "given")
+
+
+class SpineDetector:
+    """A loaded spine detection model plus the pipeline settings.
+
+    model: path of an ONNX model with its card beside it (default: the
+        shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` or ``auto``.
+    batch: slices (or tiles) per inference call.  threads: CPU threads for
+        inference (None: all).  score_threshold, max_area_um2 (µm²) and
+        nms_iom are the paper's post-processing; link_iom and max_misses its
+        tracker.
+    """
+
+    def __init__(self, model=None, device: str = "cpu", batch: int = 8, threads: int | None = None,
+                 score_threshold: float = SCORE_THRESHOLD, max_area_um2: float | None = MAX_AREA_UM2,
+                 nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES):
+        self.model_path = Path(model) if model is not None else default_model_path()
+        if not self.model_path.is_file():
+            hint = " (no default model is shipped in this install; pass a model file)" if model is None else ""
+            raise SpineDetError(f"no such model file{hint}", self.model_path)
+        if batch < 1:
+            raise SpineDetError(f"batch must be at least 1, got {batch}")
+        if not 0 <= score_threshold < 1:
+            raise SpineDetError(f"score threshold must be in [0, 1), got {score_threshold}")
+        if max_area_um2 is not None and not max_area_um2 > 0:
+            raise SpineDetError(f"maximum spine area must be positive µm², got {max_area_um2}")
+        self.card = contract.load_card(self.model_path)
+        self.backend = open_backend(self.model_path, self.card, device, threads)
+        self.batch = int(batch)
+        self.score_threshold = float(score_threshold)
+        self.max_area_um2 = max_area_um2
+        self.nms_iom = float(nms_iom)
+        self.link_iom = float(link_iom)
+        self.max_misses = int(max_misses)
+
+    # --- 2D ---------------------------------------------------------------------------------------------------------
+
+    def raw_detections(self, images, pixel_size_um: float | None, intensity_range) -> list:
+        """The model's boxes for each 2D image, in that image's pixels, before post-processing.
+
+        images: sequence of ``(Y, X)`` raw slices of one stack.  Handles
+        rescaling, normalisation with ``intensity_range`` (low, high), padding
+        and tiling.  Returns one ``(boxes (M, 4), scores (M,))`` per image.
+        """
+        card = self.card
+        factor = 1.0
+        if pixel_size_um and abs(pixel_size_um / card.pixel_size_um - 1) > card.rescale_tolerance:
+            factor = pixel_size_um / card.pixel_size_um
+        tiles, owners = [], []
+        plans = []
+        for k, image in enumerate(images):
+            image = np.asarray(image)
+            if image.ndim != 2:
+                raise SpineDetError(f"expected 2D slices, got shape {image.shape}")
+            shape = scaled_shape(image.shape, factor) if factor != 1.0 else image.shape
+            if min(shape) < MIN_SIDE_PX:
+                raise SpineDetError(f"image is {image.shape[1]}x{image.shape[0]} px"
+                                    f"{' after rescaling' if factor != 1.0 else ''}: smaller than a spine")
+            model_image = contract.normalise(image, *intensity_range)
+            if factor != 1.0:
+                model_image = resize(model_image, shape)
+            origins = plan_tiles(shape, card.input_size, card.tile_overlap_px)
+            plans.append((shape, origins, (shape[1] / image.shape[1], shape[0] / image.shape[0])))
+            for origin in origins:
+                tiles.append(cut_tile(model_image, origin, card.input_size))
+                owners.append((k, origin))
+        raw_boxes, raw_scores = self._run_tiles(tiles)
+        per_image = [([], []) for _ in images]
+        for (k, origin), boxes, scores in zip(owners, raw_boxes, raw_scores):
+            shape, origins, (sx, sy) = plans[k]
+            if len(origins) > 1:
+                keep = inner_edge_mask(boxes, origin, card.input_size, shape)
+                boxes, scores = boxes[keep], scores[keep]
+            boxes = boxes.astype(np.float64) + [origin[1], origin[0], origin[1], origin[0]]
+            per_image[k][0].append(boxes / [sx, sy, sx, sy])
+            per_image[k][1].append(scores.astype(np.float64))
+        return [(np.concatenate(b), np.concatenate(s)) for b, s in per_image]
+
+    def _run_tiles(self, tiles):
+        boxes, scores = [], []
+        for start in range(0, len(tiles), self.batch):
+            batch = np.stack(tiles[start:start + self.batch])[:, None]
+            b, s = self.backend.run(batch)
+            boxes.extend(b)
+            scores.extend(s)
+        return boxes, scores
+
+    def postprocess(self, boxes, scores, pixel_size_um: float | None):
+        """Score threshold, area cap and IoM-NMS for one slice's raw boxes."""
+        cap = None
+        if self.max_area_um2 is not None:
+            cap = max_area_pixels(self.max_area_um2, pixel_size_um or self.card.pixel_size_um)
+        return filter_detections(boxes, scores, self.score_threshold, cap, self.nms_iom)
+
+    # --- 3D ---------------------------------------------------------------------------------------------------------
+
+    def detect(self, stack, voxel_size=None, mip: bool = False, projection: bool = False,
+               progress=None) -> DetectionResult:
+        """Detect and track spines in a whole stack.
+
+        stack: a ``(Z, Y, X)`` or ``(Y, X)`` array, or a :class:`Stack` from
+        :func:`~spinedet.runtime.stacks.open_stack`.  voxel_size: ``(z, y, x)``
+        in µm or a VoxelSize (default: the Stack's own, else unknown, in which
+        case the model's pixel size is assumed).  mip: detect on the
+        maximum-intensity projection (fast; z ranges are then 0).
+        projection: also return the maximum-intensity projection (for overlays).
+        progress: optional callable ``progress(done_slices, total_slices)``.
+        """
+        slices, z_index, voxel = self._as_slices(stack, voxel_size)
+        shape = (len(slices),) + np.shape(slices[0])
+        clock = _Clock()
+        with clock("read"):
+            low, high = contract.intensity_range(slices, self.card)
+            if high <= low:
+                raise SpineDetError(f"image is blank: every pixel is {low:g}")
+            maximum = None
+            if mip:
+                maximum = max_projection(slices)
+                slices, z_index = [maximum], [0]
+        stream = SliceStream(self, voxel, (low, high))
+        spines = []
+        for start in range(0, len(slices), self.batch):
+            with clock("read"):
+                chunk = [np.asarray(slices[k]) for k in range(start, min(start + self.batch, len(slices)))]
+                if projection and not mip:
+                    maximum = max_projection(chunk if maximum is None else [maximum] + chunk)
+            with clock("infer"):
+                raw = self.raw_detections(chunk, voxel.x_um, (low, high))
+            for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
+                with clock("postprocess"):
+                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um)
+                with clock("track"):
+                    spines += stream.add_detections(z_index[start + offset], image, boxes, scores)
+            if progress is not None:
+                progress(min(start + self.batch, len(slices)), len(slices))
+        with clock("track"):
+            spines += stream.finish()
+        spines.sort(key=lambda s: s.spine_id)
+        return DetectionResult(spines, tracks_to_table(spines), shape, voxel, (low, high), clock.seconds, mip,
+                               maximum if (projection or mip) else None)
+
+    def stream(self, voxel_size=None, intensity_range=None) -> "SliceStream":
+        """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
+
+        intensity_range: raw ``(low, high)`` mapped to 0..1; default: taken from
+        the first slice with the card's percentiles and kept for the stack.
+        """
+        return SliceStream(self, _as_voxel_size(voxel_size), intensity_range)
+
+    def _as_slices(self, stack, voxel_size):
+        if isinstance(stack, Stack):
+            voxel = stack.voxel_size if voxel_size is None else _as_voxel_size(voxel_size)
+            return stack, stack.z_index, voxel
+        array = np.asarray(stack)
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3:
+            raise SpineDetError(f"expected a (Z, Y, X) stack or a (Y, X) image, got shape {array.shape}")
+        if array.size == 0:
+            raise SpineDetError(f"image is empty (shape {array.shape})")
+        if array.dtype.kind not in "uif":
+            raise SpineDetError(f"unsupported pixel type {array.dtype}")
+        return array, list(range(len(array))), _as_voxel_size(voxel_size)
+
+
+def max_projection(slices) -> np.ndarray:
+    """Maximum-intensity projection ``(Y, X)`` of a sequence of slices, read one at a time."""
+    result = np.array(slices[0], copy=True)
+    for k in range(1, len(slices)):
+        np.maximum(result, slices[k], out=result)
+    return result
+
+
+class SliceStream:
+    """Detection and tracking for slices that arrive one by one.
+
+    :meth:`add_slice` detects in one raw slice and returns the spines whose
+    tracks that slice closed; :meth:`finish` closes the rest.  Spine ids are
+    stable from the moment a spine is first seen.
+    """
+
+    def __init__(self, detector: SpineDetector, voxel_size: VoxelSize, intensity_range=None):
+        self.detector = detector
+        self.voxel_size = voxel_size
+        self.intensity_range = intensity_range
+        self.tracker = SliceTracker(detector.link_iom, detector.max_misses)
+        self._next_z = 0
+
+    def add_slice(self, image, z: int | None = None) -> list[Spine]:
+        """Detect in one raw ``(Y, X)`` slice (slice number ``z``, default: the next) and track."""
+        image = np.asarray(image)
+        if self.intensity_range is None:
+            self.intensity_range = contract.intensity_range([image], self.detector.card)
+        (boxes, scores), = self.detector.raw_detections([image], self.voxel_size.x_um, self.intensity_range)
+        boxes, scores = self.detector.postprocess(boxes, scores, self.voxel_size.x_um)
+        return self.add_detections(self._next_z if z is None else z, image, boxes, scores)
+
+    def add_detections(self, z: int, image, boxes, scores) -> list[Spine]:
+        """Track one slice's post-processed detections; ``image`` is the raw slice, for fluorescence."""
+        values = box_fluorescence(np.asarray(image), boxes)
+        self._next_z = z + 1
+        return self._spines(self.tracker.add_slice(z, boxes, scores, values))
+
+    def finish(self) -> list[Spine]:
+        """Close all open tracks: the stack has ended."""
+        return self._spines(self.tracker.finish())
+
+    def _spines(self, tracks) -> list[Spine]:
+        return [spine_from_track(t, self.voxel_size.z_um, self.voxel_size.x_um) for t in tracks]

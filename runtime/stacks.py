@@ -1,0 +1,431 @@
+"""Reading image stacks: the one place in spinedet that opens image files.
+
+:func:`open_stack` turns a path into a :class:`Stack`, a lazy sequence of
+2D grey slices (``stack[z]`` is a ``(Y, X)`` array in the file's own dtype)
+with the voxel size in µm.  Accepted inputs:
+
+* TIFF stacks, including ImageJ hyperstacks and OME-TIFF, of uint8, uint16,
+  float32 (and other integer/float types): ``ZYX``; ``ZCYX`` / ``CYX`` with
+  ``channel=``; a single 2D image ``YX``;
+* RGB(A) images (TIFF or PNG): read as grey when the colour channels are
+  equal (as the paper's example slices are), otherwise ``channel=`` picks one;
+* a folder of per-slice PNG files named like the paper's data,
+  ``<name>-<NN>.png``, where NN is the slice index.
+
+Slices are read one at a time: uncompressed contiguous TIFF data is
+memory-mapped, other TIFFs are read page by page, so a stack larger than
+memory can be processed.  Every problem is a one-line SpineDetError that
+names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpineDetError
+from .tables import slice_index_from_name
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DEPTH_AXES = "ZQI"  # tifffile: Z depth, Q unknown, I image sequence
+_UNIT_IN_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+               "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
+               "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
+_PLAUSIBLE_UM = (0.005, 20.0)  # voxel sizes outside this are display defaults (72 dpi), not optics
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """Voxel size in µm; None where the file does not say.  ``source`` says where each value came from."""
+
+    x_um: float | None = None
+    z_um: float | None = None
+    source: str = "unknown"
+
+    def pixel_size_or(self, default: float) -> float:
+        return self.x_um if self.x_um else default
+
+
+class Stack:
+    """A lazily read z-stack of grey 2D slices.
+
+    len(stack): number of slices Z; stack[k]: slice k as a ``(Y, X)`` array.
+    shape: ``(Z, Y, X)``.  z_index: the slice number of each slice (0..Z-1,
+    or the numbers in per-slice file names).  is_2d: the input was one image.
+    """
+
+    def __init__(self, path, name, shape, dtype, voxel_size, read_slice, z_index=None, is_2d=False,
+                 closer=None, axes=""):
+        self.path = Path(path)
+        self.name = name
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        self.voxel_size = voxel_size
+        self.z_index = list(range(self.shape[0])) if z_index is None else list(z_index)
+        self.is_2d = is_2d
+        self.axes = axes
+        self._read_slice = read_slice
+        self._closer = closer
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        try:
+            image = np.asarray(self._read_slice(k))
+        except SpineDetError as exc:
+            raise exc.with_path(self.path) from None
+        except Exception as exc:  # a codec or I/O failure deep in tifffile/imagecodecs
+            raise SpineDetError(f"cannot read slice {k} ({type(exc).__name__}: {exc})", self.path) from None
+        if image.shape != self.shape[1:]:
+            raise SpineDetError(f"slice {k} has shape {image.shape}, expected {self.shape[1:]}", self.path)
+        return image
+
+    def __iter__(self):
+        for k in range(len(self)):
+            yield self[k]
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_stack(path, channel: int | None = None, pixel_size: float | None = None,
+               z_step: float | None = None) -> Stack:
+    """Open a TIFF/PNG image or stack, or a folder of per-slice PNGs, for slice-by-slice reading.
+
+    channel: which channel of a multi-channel (ZCYX, CYX) or true-colour
+        image to read (0-based).
+    pixel_size, z_step: override the voxel size in µm from the file's metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SpineDetError("no such file or folder", path)
+    if path.is_dir():
+        stack = _open_png_folder(path, channel)
+    else:
+        try:
+            with open(path, "rb") as handle:
+                magic = handle.read(8)
+        except OSError as exc:
+            raise SpineDetError(f"cannot open ({exc.strerror or exc})", path) from None
+        if not magic:
+            raise SpineDetError("file is empty", path)
+        if magic[:4] in _TIFF_MAGIC:
+            stack = _open_tiff(path, channel)
+        elif magic == _PNG_MAGIC:
+            stack = _open_png(path, channel)
+        else:
+            raise SpineDetError("not a TIFF or PNG image (unrecognised file contents)", path)
+    if pixel_size is not None or z_step is not None:
+        for value, name in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
+            if value is not None and not value > 0:
+                raise SpineDetError(f"{name} must be a positive number of µm, got {value}")
+        old = stack.voxel_size
+        stack.voxel_size = VoxelSize(pixel_size or old.x_um, z_step or old.z_um,
+                                     "command line" if old.source == "unknown" else old.source + " + command line")
+    return stack
+
+
+def read_image(path, channel: int | None = None) -> np.ndarray:
+    """Read a single 2D image as a ``(Y, X)`` array (the first slice of a stack)."""
+    with open_stack(path, channel) as stack:
+        return stack[0]
+
+
+# --- TIFF ---------------------------------------------------------------------------------------------------------
+
+class _TiffComplaints(logging.Handler):
+    """Collects what tifffile logs while it parses a file: it logs damage (invalid page offsets,
+    corrupted ImageJ metadata) and carries on with whatever pages it found."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logger = logging.getLogger("tifffile")
+        self._propagate, logger.propagate = logger.propagate, False
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger("tifffile")
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+
+
+def _open_tiff(path: Path, channel):
+    import tifffile
+
+    with _TiffComplaints() as complaints:
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception as exc:
+            raise SpineDetError(f"not a readable TIFF file ({exc})", path) from None
+        try:
+            stack = _tiff_stack(tif, path, channel)
+        except SpineDetError:
+            tif.close()
+            raise
+        except Exception as exc:
+            tif.close()
+            raise SpineDetError(f"cannot read TIFF structure ({type(exc).__name__}: {exc})", path) from None
+    if complaints.messages:
+        tif.close()
+        message = complaints.messages[0].split("> ", 1)[-1]
+        raise SpineDetError(f"damaged or truncated TIFF ({message})", path)
+    return stack
+
+
+def _tiff_stack(tif, path: Path, channel):
+    if not tif.series or not tif.pages:
+        raise SpineDetError("TIFF holds no image", path)
+    series = tif.series[0]
+    axes, shape = series.axes, tuple(series.shape)
+    dtype = np.dtype(series.dtype)
+    if dtype.kind not in "uif":
+        raise SpineDetError(f"unsupported pixel type {dtype}", path)
+    if "Y" not in axes or "X" not in axes or min(shape) == 0:
+        raise SpineDetError(f"TIFF series has no 2D image (axes {axes}, shape {shape})", path)
+    layout = _axis_layout(axes, shape, path)
+    reader = _tiff_reader(tif, series, path)
+    select = _slice_selector(axes, shape, layout, channel, reader, path)
+    depth = shape[layout["depth"]] if layout["depth"] is not None else 1
+    ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
+    return Stack(path, path.name.split(".")[0], (depth, ny, nx), dtype, _tiff_voxel_size(tif), select,
+                 is_2d=layout["depth"] is None, closer=tif.close, axes=axes)
+
+
+def _axis_layout(axes: str, shape, path):
+    """Which axis is depth and which is channel; refuse time series and >1 depth axis."""
+    layout = {"depth": None, "channel": None}
+    for k, letter in enumerate(axes):
+        if letter in "YX":
+            continue
+        if letter == "T" and shape[k] > 1:
+            raise SpineDetError(f"time series with {shape[k]} time points (axes {axes}, shape {shape}); "
+                                "spinedet reads one z-stack at a time: save each time point separately", path)
+        if letter in "CS":
+            if layout["channel"] is not None:
+                raise SpineDetError(f"{len(shape)}D data with two channel axes (axes {axes}, shape {shape})", path)
+            layout["channel"] = k
+        elif letter in _DEPTH_AXES or letter not in "T":
+            if layout["depth"] is not None:
+                raise SpineDetError(f"{len(shape)}D data (axes {axes}, shape {shape}); expected a z-stack "
+                                    "ZYX, ZCYX with --channel, or a 2D image", path)
+            layout["depth"] = k
+    return layout
+
+
+def _tiff_reader(tif, series, path):
+    """A function ``read(index)`` giving the 2D array at a full index into the series.
+
+    ``index`` has one entry per series axis: integers for the non-image axes,
+    ``slice(None)`` for Y and X.
+    """
+    import tifffile
+
+    shape = tuple(series.shape)
+    filesize = path.stat().st_size
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:  # contiguous and uncompressed: memory-map it
+        dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if offset + nbytes > filesize:
+            raise SpineDetError(f"file is truncated: image data needs {offset + nbytes} bytes, "
+                                f"the file has {filesize}", path)
+        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return lambda index: np.asarray(data[index])
+
+    pages = series.pages
+    page_shape = tuple(series.keyframe.shape)
+    grid = shape[:len(shape) - len(page_shape)]
+    if grid + page_shape == shape and len(pages) == int(np.prod(grid)) and pages[-1] is not None:
+        last = pages[-1]
+        offsets, counts = getattr(last, "dataoffsets", ()), getattr(last, "databytecounts", ())
+        if offsets and counts and offsets[-1] + counts[-1] > filesize:
+            raise SpineDetError(f"file is truncated: the last slice ends at byte {offsets[-1] + counts[-1]}, "
+                                f"the file has {filesize}", path)
+
+        def read_page(index):
+            flat = int(np.ravel_multi_index(index[:len(grid)], grid)) if grid else 0
+            return pages[flat].asarray().reshape(page_shape)[index[len(grid):]]
+
+        return read_page
+
+    # an irregular layout: read it whole, if that is reasonable
+    nbytes = int(np.prod(shape)) * np.dtype(series.dtype).itemsize
+    if nbytes > 1 << 30:
+        raise SpineDetError(f"TIFF layout cannot be read slice by slice and the image is {nbytes >> 20} MiB", path)
+    try:
+        whole = series.asarray()
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise SpineDetError(f"cannot read image data ({exc})", path) from None
+    return lambda index: whole[index]
+
+
+def _slice_selector(axes, shape, layout, channel, reader, path):
+    """A function ``slice(k) -> (Y, X)`` reading depth k of the chosen channel."""
+    c_axis = layout["channel"]
+    n_channels = shape[c_axis] if c_axis is not None else 1
+    if channel is not None and not 0 <= channel < n_channels:
+        raise SpineDetError(f"--channel {channel} does not exist: the image has {n_channels} "
+                            f"channel{'s' if n_channels > 1 else ''} (axes {axes})", path)
+
+    def pick(k, c):
+        return reader(tuple(k if a == layout["depth"] else c if a == c_axis else
+                            slice(None) if letter in "YX" else 0 for a, letter in enumerate(axes)))
+
+    if c_axis is None or n_channels == 1:
+        return lambda k: pick(k, 0)
+    if channel is not None:
+        return lambda k: pick(k, channel)
+    depth = shape[layout["depth"]] if layout["depth"] is not None else 1
+    if axes[c_axis] == "S" and _channels_equal(pick, n_channels, depth):
+        return lambda k: pick(k, 0)
+    kind = "colour channels" if axes[c_axis] == "S" else "channels"
+    raise SpineDetError(f"image has {n_channels} {kind} (axes {axes}, shape {tuple(shape)}); "
+                        "choose one with --channel N (0-based)", path)
+
+
+def _channels_equal(pick, n_channels, depth) -> bool:
+    """True if a colour image is grey stored as colour (R, G, B equal, checked on up to 3 slices)."""
+    for k in sorted({0, depth // 2, depth - 1}):
+        first = pick(k, 0)
+        if any(not np.array_equal(first, pick(k, c)) for c in range(1, min(n_channels, 3))):
+            return False
+    return True
+
+
+def _tiff_voxel_size(tif) -> VoxelSize:
+    if tif.is_ome:
+        size = _ome_voxel_size(tif.ome_metadata)
+        if size.x_um or size.z_um:
+            return size
+    page = tif.pages[0]
+    x_res = _resolution(page)
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        scale = _unit_scale(meta.get("unit", ""))
+        x_um = _plausible(x_res * scale) if x_res and scale else None
+        z_um = _plausible(float(meta["spacing"]) * scale) if meta.get("spacing") and scale else None
+        return VoxelSize(x_um, z_um, "ImageJ metadata" if x_um or z_um else "unknown")
+    unit = page.tags.get("ResolutionUnit")
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 2)
+    x_um = _plausible(x_res * per_unit_um) if x_res and per_unit_um else None
+    return VoxelSize(x_um, None, "TIFF resolution tags" if x_um else "unknown")
+
+
+def _resolution(page) -> float | None:
+    """Pixel size in resolution units (1 / XResolution), or None."""
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    value = tag.value
+    numerator, denominator = (value if isinstance(value, tuple) else (value, 1))
+    return denominator / numerator if numerator else None
+
+
+def _ome_voxel_size(xml: str | None) -> VoxelSize:
+    try:
+        root = ElementTree.fromstring(xml)
+    except (ElementTree.ParseError, TypeError, ValueError):
+        return VoxelSize()
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            def size(axis):
+                value = element.get(f"PhysicalSize{axis}")
+                scale = _unit_scale(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                return _plausible(float(value) * scale) if value and scale else None
+            x_um, z_um = size("X"), size("Z")
+            return VoxelSize(x_um, z_um, "OME metadata" if x_um or z_um else "unknown")
+    return VoxelSize()
+
+
+def _unit_scale(unit) -> float | None:
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    return _UNIT_IN_UM.get(str(unit).strip().lower())
+
+
+def _plausible(um: float) -> float | None:
+    return um if _PLAUSIBLE_UM[0] <= um <= _PLAUSIBLE_UM[1] and math.isfinite(um) else None
+
+
+# --- PNG ----------------------------------------------------------------------------------------------------------
+
+def _decode_png(path: Path) -> np.ndarray:
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(path.read_bytes())
+    except Exception as exc:
+        raise SpineDetError(f"not a readable PNG image ({exc})", path) from None
+
+
+def _grey(image: np.ndarray, channel, path) -> np.ndarray:
+    """``(Y, X)`` from a PNG array of shape (Y, X), (Y, X, 2..4)."""
+    if image.ndim == 2:
+        if channel not in (None, 0):
+            raise SpineDetError(f"--channel {channel} does not exist: the image is grey", path)
+        return image
+    colours = 3 if image.shape[2] >= 3 else 1  # grey+alpha or RGB(+alpha): alpha is ignored
+    if channel is not None:
+        if not 0 <= channel < colours:
+            raise SpineDetError(f"--channel {channel} does not exist: the image has {colours} colour channels", path)
+        return image[..., channel]
+    if colours == 1 or all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, colours)):
+        return image[..., 0]
+    raise SpineDetError(f"image has {colours} colour channels that differ; choose one with --channel N", path)
+
+
+def _open_png(path: Path, channel) -> Stack:
+    image = _grey(_decode_png(path), channel, path)
+    return Stack(path, path.stem, (1,) + image.shape, image.dtype, VoxelSize(), lambda k: image, is_2d=True,
+                 axes="YX")
+
+
+def _open_png_folder(folder: Path, channel) -> Stack:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise SpineDetError("folder holds no PNG slices", folder)
+    named = [(slice_index_from_name(p.name), p) for p in files]
+    unnamed = [p.name for parsed, p in named if parsed is None]
+    if unnamed:
+        raise SpineDetError(f"slice file {unnamed[0]!r} is not named like <name>-<NN>.png", folder)
+    names = {parsed[0] for parsed, _ in named}
+    if len(names) > 1:
+        raise SpineDetError(f"folder mixes slices of several stacks ({', '.join(sorted(names)[:3])})", folder)
+    named.sort(key=lambda item: item[0][1])
+    z_index = [parsed[1] for parsed, _ in named]
+    if len(set(z_index)) != len(z_index):
+        raise SpineDetError("two slice files have the same slice number", folder)
+    first = _grey(_decode_png(named[0][1]), channel, named[0][1])
+
+    def read(k):
+        path = named[k][1]
+        return _grey(_decode_png(path), channel, path)
+
+    return Stack(folder, re.sub(r"[^\w.-]+", "_", names.pop()) or folder.name, (len(named),) + first.shape,
+                 first.dtype, VoxelSize(), read, z_index=z_index, axes="ZYX")
