@@ -116,6 +116,9 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
     pixel_size, z_step: override the voxel size in µm from the file's metadata.
     """
     path = Path(path)
+    for value, name in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
+        if value is not None and not value > 0:
+            raise SpineDetError(f"{name} must be a positive number of µm, got {value}")
     if not path.exists():
         raise SpineDetError("no such file or folder", path)
     if path.is_dir():
@@ -135,9 +138,6 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
         else:
             raise SpineDetError("not a TIFF or PNG image (unrecognised file contents)", path)
     if pixel_size is not None or z_step is not None:
-        for value, name in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
-            if value is not None and not value > 0:
-                raise SpineDetError(f"{name} must be a positive number of µm, got {value}")
         old = stack.voxel_size
         stack.voxel_size = VoxelSize(pixel_size or old.x_um, z_step or old.z_um,
                                      "command line" if old.source == "unknown" else old.source + " + command line")

@@ -80,8 +80,8 @@ class SliceTracker:
             raise ValueError(f"slices must arrive in increasing z order (got {z} after {self._last_z})")
         boxes = as_boxes(boxes)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        values = np.full((len(boxes), 1), np.nan) if values is None else \
-            np.asarray(values, dtype=np.float64).reshape(len(boxes), -1)
+        values = np.full((len(boxes), 1), np.nan) if values is None else np.asarray(values, dtype=np.float64)
+        values = values.reshape(len(boxes), -1 if len(boxes) else max(values.size, 1))
         # slices skipped entirely (z jumps) count as misses for every open track
         skipped = 0 if self._last_z is None else z - self._last_z - 1
         self._last_z = z

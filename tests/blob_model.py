@@ -4,7 +4,8 @@ It follows the spinedet model contract (input ``images [B, 1, H, W]``,
 outputs ``boxes [B, K, 4]``, ``scores [B, K]``) and computes its answer from
 the pixels: every local intensity maximum brighter than ``min_peak`` (in
 normalised units) is a detection, boxed by a square of half-width
-``half_box`` px around it, with the peak's normalised intensity as score.
+``half_box`` px around it, with the peak's normalised intensity times
+``score_scale`` as score.
 A tiny ramp over pixel positions breaks ties, so a plateau (intensities
 clipped at 1 by normalisation) gives one peak, at its top-left pixel.
 Bright round blobs on a dark background are therefore found where they are.
@@ -19,7 +20,8 @@ import numpy as np
 
 
 def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, window: int = 9,
-                     min_peak: float = 0.3, pixel_size_um: float = 0.1, batch=None, card_extra=None) -> Path:
+                     min_peak: float = 0.3, pixel_size_um: float = 0.1, batch=None, card_extra=None,
+                     score_scale: float = 1.0) -> Path:
     """Write the ONNX file and its card (same stem, .json) to ``path``; return the ONNX path."""
     import onnx
     from onnx import TensorProto, helper
@@ -36,7 +38,8 @@ def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, 
         helper.make_node("And", ["is_max", "bright"], ["is_peak"]),
         helper.make_node("Where", ["is_peak", "images", "zero"], ["peak_map"]),
         helper.make_node("Reshape", ["peak_map", "flat_shape"], ["flat"]),
-        helper.make_node("TopK", ["flat", "k"], ["scores", "index"], axis=1, largest=1, sorted=1),
+        helper.make_node("TopK", ["flat", "k"], ["peaks", "index"], axis=1, largest=1, sorted=1),
+        helper.make_node("Mul", ["peaks", "score_scale"], ["scores"]),
         helper.make_node("Div", ["index", "width"], ["row"]),
         helper.make_node("Mod", ["index", "width"], ["col"]),
         helper.make_node("Cast", ["row"], ["y"], to=TensorProto.FLOAT),
@@ -56,6 +59,7 @@ def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, 
         helper.make_tensor("ramp", TensorProto.FLOAT, [1, 1, h, w], ramp.tolist()),
         helper.make_tensor("min_peak", TensorProto.FLOAT, [], [min_peak]),
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("score_scale", TensorProto.FLOAT, [], [score_scale]),
         helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, h * w]),
         helper.make_tensor("k", TensorProto.INT64, [1], [k]),
         helper.make_tensor("width", TensorProto.INT64, [], [w]),

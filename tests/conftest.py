@@ -1,0 +1,25 @@
+"""Shared fixtures: a small real ONNX detector (tests/blob_model.py) and the real-data folder."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from blob_model import build_blob_model  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def blob_model(tmp_path_factory):
+    """A 128x128 blob detector following the model contract (dynamic batch), trained pixel size 0.1 µm."""
+    return build_blob_model(tmp_path_factory.mktemp("model") / "blob.onnx")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared)")
+    return SHARED_DATA

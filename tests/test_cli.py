@@ -1,0 +1,137 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from spinedet.runtime import files
+from spinedet.runtime.cli import run_app
+from spinedet.runtime.reports import SPINE_COLUMNS
+from spinedet.runtime.tables import BOXES_COLUMNS, read_box_table
+from test_detector import synthetic_stack
+
+
+@pytest.fixture
+def good_stack(tmp_path):
+    path = tmp_path / "good.tif"
+    tifffile.imwrite(path, synthetic_stack(), imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(run_app, [str(a) for a in args])
+
+
+def test_spine_run_writes_tables_summary_and_overlay(good_stack, blob_model, tmp_path):
+    out = tmp_path / "out"
+    result = run(good_stack, "--model", blob_model, "--out", out, "--overlay")
+    assert result.exit_code == 0, result.output
+    boxes_csv = (out / "good_boxes.csv").read_text().splitlines()
+    assert boxes_csv[0] == ",".join(BOXES_COLUMNS)
+    assert len(boxes_csv) == 1 + 16
+    table = read_box_table(out / "good_boxes.csv")
+    assert sorted(set(table.spine_id.tolist())) == [1, 2, 3]
+    spines = (out / "good_spines.csv").read_text().splitlines()
+    assert spines[0] == ",".join(SPINE_COLUMNS) and len(spines) == 4
+    summary = json.loads((out / "good_summary.json").read_text())
+    assert summary["n_spines"] == 3 and summary["voxel_size_um"]["z"] == pytest.approx(0.5)
+    assert summary["voxel_size_um"]["source"] == "ImageJ metadata"
+    overlay = imagecodecs.png_decode((out / "good_overlay.png").read_bytes())
+    assert overlay.shape == (128, 128, 3)
+    assert (overlay == [255, 220, 0]).all(axis=2).sum() > 50  # boxes and numbers are drawn
+    assert "good.tif: 3 spines in 10 slices" in result.stderr
+
+
+def test_2d_image_gives_z_zero(blob_model, tmp_path):
+    image = synthetic_stack()[0]
+    path = tmp_path / "slice.png"
+    path.write_bytes(imagecodecs.png_encode((image // 8).astype(np.uint8)))
+    result = run(path, "--model", blob_model, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert read_box_table(tmp_path / "slice_boxes.csv").z.tolist() == [0]
+
+
+def test_bad_inputs_fail_alone_with_one_line_each(good_stack, blob_model, tmp_path):
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.zeros((3, 64, 64), np.uint8), photometric="minisblack")
+    out = tmp_path / "out"
+    result = run(text, good_stack, tmp_path / "missing.tif", blank, "--model", blob_model, "--out", out, "-q")
+    assert result.exit_code == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("spine-run: error: ") for line in errors)
+    assert "notes.tif: not a TIFF or PNG" in errors[0]
+    assert "missing.tif: no such file" in errors[1]
+    assert "blank.tif: image is blank" in errors[2]
+    assert sorted(p.name for p in out.iterdir()) == ["good_boxes.csv", "good_spines.csv", "good_summary.json"]
+
+
+def test_bad_model_stops_before_any_input(good_stack, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x00garbage")
+    (tmp_path / "m.json").write_text("{}")
+    result = run(good_stack, "--model", model, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "m.onnx: not a usable ONNX model" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_write_leaves_no_outputs(good_stack, blob_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(files.os, "fdopen", _fail_on_second(files.os.fdopen))  # the disk fills up mid-way
+    out = tmp_path / "out"
+    result = run(good_stack, "--model", blob_model, "--out", out)
+    assert result.exit_code == 1
+    assert "good_spines.csv: cannot write output" in result.stderr
+    assert list(out.iterdir()) == []  # no half-written files, no temporaries
+
+
+def test_write_all_is_all_or_nothing(tmp_path, monkeypatch):
+    (tmp_path / "a.csv").write_text("old a")
+    monkeypatch.setattr(files.os, "fdopen", _fail_on_second(files.os.fdopen))
+    with pytest.raises(Exception):
+        files.write_all({tmp_path / "a.csv": "new a", tmp_path / "b.csv": "new b"})
+    assert (tmp_path / "a.csv").read_text() == "old a"  # not replaced: the group failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+def _fail_on_second(fdopen):
+    count = [0]
+
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == 2:
+            raise OSError(28, "disk full")
+        return fdopen(*args, **kwargs)
+    return wrapped
+
+
+def test_same_stem_twice_does_not_overwrite(good_stack, blob_model, tmp_path):
+    other = tmp_path / "again"
+    other.mkdir()
+    copy = other / "good.tif"
+    copy.write_bytes(good_stack.read_bytes())
+    result = run(good_stack, copy, "--model", blob_model, "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0
+    assert (tmp_path / "out" / "good-2_boxes.csv").exists()
+
+
+def test_help_runs_as_installed_command_without_traceback(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    for tool in ("spine-run", "spine-eval"):
+        exe = bin_dir / tool
+        if not exe.exists():
+            pytest.skip(f"{tool} is not installed next to {sys.executable}")
+        done = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "Usage" in done.stdout
+    done = subprocess.run([str(bin_dir / "spine-run"), str(tmp_path / "nothing.tif"), "--model",
+                           str(tmp_path / "none.onnx")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0

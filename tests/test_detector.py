@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+
+from blob_model import blob_image, build_blob_model
+from spinedet.runtime import SpineDetector as ExportedDetector
+from spinedet.runtime.detector import SpineDetector
+from spinedet.runtime.errors import SpineDetError
+from spinedet.runtime.spines import box_fluorescence
+
+# spine (x, y) -> slices where it is visible
+SPINES = {(30, 40): range(0, 10), (90, 70): [2, 3, 4, 6], (60, 100): [7, 8]}
+
+
+def synthetic_stack(shape=(10, 128, 128)):
+    slices = []
+    for z in range(shape[0]):
+        visible = [xy for xy, zs in SPINES.items() if z in zs]
+        slices.append(blob_image(shape[1:], visible, sigma=2.0, noise=3, seed=z))
+    return np.stack(slices).astype(np.uint16)
+
+
+def test_library_import_name():
+    assert ExportedDetector is SpineDetector
+
+
+def test_detect_tracks_spines_through_z(blob_model):
+    result = SpineDetector(blob_model).detect(synthetic_stack(), voxel_size=(0.5, 0.1, 0.1))
+    assert [(s.spine_id, s.z) for s in result.spines] == [
+        (1, tuple(range(10))), (2, (2, 3, 4, 6)), (3, (7, 8))]
+    for spine, (x, y) in zip(result.spines, SPINES):
+        cx, cy, _ = spine.centroid_px
+        assert abs(cx - x) < 3 and abs(cy - y) < 3
+        assert spine.centroid_um[0] == pytest.approx(cx * 0.1)
+    assert result.spines[1].centroid_um[2] == pytest.approx(4 * 0.5)  # middle of slices 2..6 at 0.5 µm
+    assert len(result.table) == 10 + 4 + 2
+    assert set(result.timings) == {"read", "infer", "postprocess", "track"}
+
+
+def test_batch_size_and_streaming_give_the_same_spines(blob_model):
+    stack = synthetic_stack()
+    one = SpineDetector(blob_model, batch=1).detect(stack)
+    many = SpineDetector(blob_model, batch=8).detect(stack)
+    stream = SpineDetector(blob_model).stream(intensity_range=one.intensity_range)
+    streamed = []
+    for image in stack:
+        streamed += stream.add_slice(image)
+    assert [s.spine_id for s in streamed] == [2]  # closed after slice 8; spines 1 and 3 are open at the end
+    streamed += stream.finish()
+    key = lambda spines: sorted((s.spine_id, s.z, tuple(np.round(s.mean_box, 3))) for s in spines)
+    assert key(one.spines) == key(many.spines) == key(streamed)
+
+
+def test_streaming_reports_a_spine_when_its_track_closes(blob_model):
+    stack = synthetic_stack()
+    stream = SpineDetector(blob_model).stream(intensity_range=(100, 1000))
+    closed_at = {}
+    for z, image in enumerate(stack):
+        for spine in stream.add_slice(image):
+            closed_at[spine.spine_id] = z
+    # spine 2 is last seen on slice 6 and closes after two misses (slices 7 and 8)
+    assert closed_at == {2: 8}
+    assert sorted(s.spine_id for s in stream.finish()) == [1, 3]
+
+
+def test_max_projection_mode(blob_model):
+    result = SpineDetector(blob_model).detect(synthetic_stack(), mip=True, projection=True)
+    assert result.mip and len(result.spines) == 3
+    assert all(s.z == (0,) for s in result.spines)
+    assert result.projection.shape == (128, 128)
+
+
+def test_score_threshold_and_area_cap_apply(blob_model, tmp_path):
+    stack = synthetic_stack()
+    scaled = build_blob_model(tmp_path / "scaled.onnx", score_scale=0.8)  # spines score 0.8
+    assert SpineDetector(scaled, score_threshold=0.85).detect(stack).spines == []
+    assert len(SpineDetector(scaled, score_threshold=0.75).detect(stack).spines) == 3
+    # the test model's boxes are 12x12 px = 1.44 µm² at 0.1 µm/px
+    assert SpineDetector(blob_model, max_area_um2=1.0).detect(stack).spines == []
+    assert len(SpineDetector(blob_model, max_area_um2=1.5).detect(stack).spines) == 3
+
+
+def test_box_fluorescence_subtracts_local_background():
+    image = np.full((60, 60), 100.0)
+    image[20:30, 20:30] += 50  # a 10x10 spine
+    image[0:5, 0:60] = 5000  # a bright structure far away does not matter
+    values = box_fluorescence(image, [[20, 20, 30, 30]])
+    assert values[0, 1] == pytest.approx(100)
+    assert values[0, 0] == pytest.approx(50 * 100)
+
+
+def test_integrated_fluorescence_of_a_tracked_spine(blob_model):
+    stack = synthetic_stack().astype(np.float32)
+    result = SpineDetector(blob_model).detect(stack)
+    spine = result.spines[0]
+    expected = sum(box_fluorescence(stack[z], [box])[0, 0] for z, box in zip(spine.z, spine.boxes))
+    assert spine.fluorescence == pytest.approx(expected)
+    assert spine.background == pytest.approx(100, abs=2)
+    gap = result.spines[1]  # slices 2, 3, 4, 6: slice 5 counts as the mean of slices 4 and 6
+    per_slice = [box_fluorescence(stack[z], [b])[0, 0] for z, b in zip(gap.z, gap.boxes)]
+    assert gap.fluorescence == pytest.approx(sum(per_slice) + (per_slice[2] + per_slice[3]) / 2)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((3, 64, 64), np.uint16), "blank"),
+    (np.zeros((2, 3, 64, 64)), "expected a"),
+    (np.zeros((0, 64, 64)), "empty"),
+    (np.ones((8, 8)) * np.arange(8), "smaller than a spine"),
+    (np.zeros((4, 4), bool), "pixel type"),
+])
+def test_bad_arrays_raise_one_clear_error(blob_model, array, message):
+    with pytest.raises(SpineDetError, match=message):
+        SpineDetector(blob_model).detect(array)
+
+
+def test_wrong_model_files(tmp_path, blob_model):
+    text = tmp_path / "text.onnx"
+    text.write_text("this is not a model")
+    text.with_suffix(".json").write_text(blob_model.with_suffix(".json").read_text())
+    with pytest.raises(SpineDetError, match="text.onnx: not a usable ONNX model"):
+        SpineDetector(text)
+    with pytest.raises(SpineDetError, match="no such model file"):
+        SpineDetector(tmp_path / "missing.onnx")
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(blob_model.read_bytes())
+    with pytest.raises(SpineDetError, match="no model card lonely.json"):
+        SpineDetector(lonely)
+    wrong_size = tmp_path / "wrong.onnx"
+    wrong_size.write_bytes(blob_model.read_bytes())
+    card = json.loads(blob_model.with_suffix(".json").read_text())
+    wrong_size.with_suffix(".json").write_text(json.dumps({**card, "input_size": [256, 256]}))
+    with pytest.raises(SpineDetError, match="the card says"):
+        SpineDetector(wrong_size)
+    wrong_size.with_suffix(".json").write_text("{not json")
+    with pytest.raises(SpineDetError, match="not valid JSON"):
+        SpineDetector(wrong_size)
+    with pytest.raises(SpineDetError, match="unknown device"):
+        SpineDetector(blob_model, device="quantum")
+
+
+def test_fixed_batch_one_model_is_run_slice_by_slice(tmp_path):
+    model = build_blob_model(tmp_path / "b1.onnx", batch=1)
+    detector = SpineDetector(model, batch=8)
+    assert detector.backend.max_batch == 1
+    assert len(detector.detect(synthetic_stack()).spines) == 3
+
+
+def test_missing_gpu_provider_is_a_clear_error(blob_model):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(SpineDetError, match="needs onnxruntime with CUDAExecutionProvider"):
+        SpineDetector(blob_model, device="cuda")

@@ -1,0 +1,167 @@
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+
+from spinedet.runtime.errors import SpineDetError
+from spinedet.runtime.stacks import open_stack, read_image
+
+
+def ramp_stack(z=6, y=40, x=50, dtype=np.uint16):
+    return (np.arange(z * y * x) % 1000).reshape(z, y, x).astype(dtype)
+
+
+def test_imagej_stack_voxel_size_and_slices(tmp_path):
+    data = ramp_stack()
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.12, 1 / 0.12),
+                     metadata={"spacing": 0.7, "unit": "um", "axes": "ZYX"})
+    with open_stack(path) as stack:
+        assert stack.shape == (6, 40, 50) and stack.dtype == np.uint16 and not stack.is_2d
+        assert stack.voxel_size.x_um == pytest.approx(0.12) and stack.voxel_size.z_um == pytest.approx(0.7)
+        assert stack.voxel_size.source == "ImageJ metadata"
+        np.testing.assert_array_equal(stack[3], data[3])
+        np.testing.assert_array_equal(stack[-1], data[-1])
+
+
+def test_imagej_nanometre_unit_is_converted(tmp_path):
+    path = tmp_path / "nm.tif"
+    tifffile.imwrite(path, ramp_stack(), imagej=True, resolution=(1 / 100, 1 / 100),
+                     metadata={"spacing": 500, "unit": "nm", "axes": "ZYX"})
+    with open_stack(path) as stack:
+        assert stack.voxel_size.x_um == pytest.approx(0.1) and stack.voxel_size.z_um == pytest.approx(0.5)
+
+
+def test_ome_tiff_voxel_size(tmp_path):
+    path = tmp_path / "s.ome.tif"
+    tifffile.imwrite(path, ramp_stack(dtype=np.float32), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.09, "PhysicalSizeY": 0.09, "PhysicalSizeZ": 0.4})
+    with open_stack(path) as stack:
+        assert stack.voxel_size.source == "OME metadata"
+        assert stack.voxel_size.x_um == pytest.approx(0.09) and stack.voxel_size.z_um == pytest.approx(0.4)
+        assert stack.dtype == np.float32 and stack.name == "s"
+
+
+def test_command_line_overrides_metadata(tmp_path):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, ramp_stack(), imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    with open_stack(path, pixel_size=0.2, z_step=1.0) as stack:
+        assert (stack.voxel_size.x_um, stack.voxel_size.z_um) == (0.2, 1.0)
+    with pytest.raises(SpineDetError, match="--pixel-size must be a positive number"):
+        open_stack(path, pixel_size=-1)
+
+
+def test_plain_tiff_without_metadata_has_unknown_voxel_size_and_72_dpi_is_ignored(tmp_path):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, ramp_stack(dtype=np.uint8), resolution=(72, 72), resolutionunit="INCH")
+    with open_stack(path) as stack:
+        assert stack.voxel_size.x_um is None and stack.shape == (6, 40, 50)
+
+
+def test_resolution_tags_in_centimetres(tmp_path):
+    path = tmp_path / "cm.tif"
+    tifffile.imwrite(path, ramp_stack(dtype=np.uint8), resolution=(1e5, 1e5), resolutionunit="CENTIMETER")
+    with open_stack(path) as stack:
+        assert stack.voxel_size.x_um == pytest.approx(0.1)
+
+
+def test_compressed_stack_reads_page_by_page(tmp_path):
+    data = ramp_stack()
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(path, data, compression="zlib", metadata={"axes": "ZYX"})
+    with open_stack(path) as stack:
+        assert all(np.array_equal(stack[k], data[k]) for k in range(len(stack)))
+
+
+def test_uncompressed_stack_is_memory_mapped(tmp_path):
+    data = ramp_stack(z=4)
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"})
+    with open_stack(path) as stack:
+        # a slice is a view into a memory map of the file, not a copy of the whole stack
+        assert isinstance(stack[2].base, np.memmap)
+        np.testing.assert_array_equal(stack[2], data[2])
+
+
+def test_zcyx_needs_a_channel(tmp_path):
+    data = np.stack([ramp_stack(z=5), ramp_stack(z=5) * 0 + 7], axis=1)  # ZCYX
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(SpineDetError, match="2 channels.*--channel"):
+        open_stack(path)
+    with open_stack(path, channel=1) as stack:
+        assert stack.shape == (5, 40, 50) and (stack[0] == 7).all()
+    with pytest.raises(SpineDetError, match="--channel 2 does not exist"):
+        open_stack(path, channel=2)
+
+
+def test_grey_stored_as_rgb_png_is_grey_and_true_colour_needs_channel(tmp_path):
+    grey = (np.arange(30 * 40) % 256).reshape(30, 40).astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    (tmp_path / "g.png").write_bytes(imagecodecs.png_encode(rgb))
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png"), grey)
+    rgb[..., 1] = 0
+    (tmp_path / "c.png").write_bytes(imagecodecs.png_encode(rgb))
+    with pytest.raises(SpineDetError, match="colour channels"):
+        open_stack(tmp_path / "c.png")
+    assert (read_image(tmp_path / "c.png", channel=1) == 0).all()
+    tifffile.imwrite(tmp_path / "g.tif", np.repeat(grey[:, :, None], 3, axis=2), photometric="rgb")
+    with open_stack(tmp_path / "g.tif") as stack:
+        assert stack.is_2d and stack.shape == (1, 30, 40)
+        np.testing.assert_array_equal(stack[0], grey)
+
+
+def test_folder_of_paper_style_png_slices(tmp_path):
+    folder = tmp_path / "stackA"
+    folder.mkdir()
+    for z in (3, 1, 2):
+        (folder / f"SR052stack1-{z:02d}.png").write_bytes(imagecodecs.png_encode(np.full((20, 30), z, np.uint8)))
+    with open_stack(folder) as stack:
+        assert stack.z_index == [1, 2, 3] and stack.name == "SR052stack1" and stack.shape == (3, 20, 30)
+        assert [int(stack[k][0, 0]) for k in range(3)] == [1, 2, 3]
+    (folder / "notes.png").write_bytes(imagecodecs.png_encode(np.zeros((20, 30), np.uint8)))
+    with pytest.raises(SpineDetError, match="not named like"):
+        open_stack(folder)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("not an image"), "not a TIFF or PNG"),
+    (lambda p: p.write_bytes(b""), "file is empty"),
+    (lambda p: p.write_bytes(b"II*\x00" + b"\xff" * 64), "TIFF"),
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 3, 4, 16, 16), np.uint8), imagej=True,
+                                metadata={"axes": "TZCYX"}), "time series"),
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 3, 4, 5, 16, 16), np.uint8),
+                                metadata={"axes": "QQQQYX"}), "data"),
+    (lambda p: tifffile.imwrite(p, np.zeros((4, 16, 16), np.complex64), photometric="minisblack"), "pixel type"),
+])
+def test_bad_files_give_one_line_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "bad.tif"
+    make(path)
+    with pytest.raises(SpineDetError) as info:
+        open_stack(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_truncated_tiffs_are_refused(tmp_path):
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, ramp_stack(z=8), imagej=True, metadata={"axes": "ZYX"})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpineDetError, match="truncated"):
+        open_stack(cut)
+    zipped = tmp_path / "zip.tif"
+    tifffile.imwrite(zipped, np.random.default_rng(0).integers(0, 999, (8, 40, 50)).astype(np.uint16),
+                     compression="zlib", metadata={"axes": "ZYX"})
+    data = zipped.read_bytes()
+    cut.write_bytes(data[: len(data) - 2000])
+    with pytest.raises(SpineDetError):
+        with open_stack(cut) as stack:
+            [stack[k] for k in range(len(stack))]
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(SpineDetError, match="no such file"):
+        open_stack(tmp_path / "nope.tif")
