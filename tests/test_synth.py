@@ -1,0 +1,207 @@
+"""The synthetic stack generator: ground truth agrees with what was rendered."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from spinedet.runtime.tables import read_box_table
+from spinedet.training.synth import SynthParams, main, make_stack, render_alone, write_stack
+
+# bright enough that most spines in focus pass the noise test; 0.1 µm pixels, 0.5 µm slices
+BRIGHT = dict(signal_photons=300.0, pixel_size_um=0.1, z_step_um=0.5, spines_per_um=1.0, dendrite_count=2)
+TOL = 1e-3          # relative slack for float ties at the thresholds
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_stack(3, (10, 128, 128), **BRIGHT)
+
+
+def _bbox(mask):
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return None
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=float)
+
+
+def _inside(spine, shape_um, margin_um):
+    """True if all of the spine lies ``margin_um`` inside the field in x and y."""
+    points = [spine.head.centre] + ([] if spine.neck is None else list(spine.neck.points))
+    yx = np.array(points)[:, 1:]
+    r = spine.head.radius
+    return bool(np.all(yx - r > margin_um) and np.all(yx + r < np.array(shape_um) - margin_um))
+
+
+def test_ground_truth_boxes_enclose_the_spine_as_rendered(stack):
+    """Re-render every spine alone (noise-free) and re-apply the documented rule."""
+    p, floor = stack.params, stack.detection_floor
+    z_slices, height, width = stack.image.shape
+    field_um = (height * p.pixel_size_um, width * p.pixel_size_um)
+    shafts = render_alone(stack, stack.scene.dendrites)
+    checked_rows = checked_spines = 0
+    for spine in stack.spines:
+        if not _inside(spine, field_um, 1.0):
+            continue          # parts outside the image would change the in-slice peaks
+        checked_spines += 1
+        head = render_alone(stack, [spine.head])
+        neck = render_alone(stack, [spine.neck]) if spine.neck is not None else None
+        mine = stack.table.spine_id == spine.spine_id
+        boxed = dict(zip(stack.table.z[mine].tolist(), stack.table.boxes[mine]))
+        assert head.max() <= spine.head_peak * (1 + TOL)
+        for z in range(z_slices):
+            peak = float(head[z].max())
+            shaft_there = float(shafts[z].flat[np.argmax(head[z])])
+            if z not in boxed:
+                clearly_visible = (peak > p.axial_fraction * spine.head_peak * (1 + TOL)
+                                   and peak > floor[z] * (1 + TOL) and shaft_there < peak * (1 - TOL))
+                assert not clearly_visible, (spine.spine_id, z)
+                continue
+            assert peak >= p.axial_fraction * spine.head_peak * (1 - TOL)
+            assert peak >= floor[z] * (1 - TOL)
+            assert shaft_there <= peak * (1 + TOL)
+            inner = head[z] >= (p.edge_fraction + TOL) * peak
+            outer = head[z] >= (p.edge_fraction - TOL) * peak
+            if neck is not None:
+                neck_peak = float(neck[z].max())
+                if neck_peak > p.axial_fraction * spine.neck_peak * (1 + TOL):
+                    inner |= neck[z] >= (p.edge_fraction + TOL) * neck_peak
+                if neck_peak >= p.axial_fraction * spine.neck_peak * (1 - TOL):
+                    outer |= neck[z] >= (p.edge_fraction - TOL) * neck_peak
+            box, small, large = boxed[z], _bbox(inner), _bbox(outer)
+            # the box holds every pixel above the rule and nothing beyond its loosest reading
+            assert np.all(box[:2] <= small[:2]) and np.all(box[2:] >= small[2:]), (spine.spine_id, z)
+            assert np.all(box[:2] >= large[:2]) and np.all(box[2:] <= large[2:]), (spine.spine_id, z)
+            checked_rows += 1
+    assert checked_spines >= 5 and checked_rows >= 10, (checked_spines, checked_rows)
+
+
+def test_boxes_lie_in_the_image_and_belong_to_their_spine(stack):
+    z_slices, height, width = stack.image.shape
+    b, t = stack.table.boxes, stack.table
+    assert len(t) > 0
+    assert np.all(b[:, 0] >= 0) and np.all(b[:, 1] >= 0) and np.all(b[:, 2] <= width) and np.all(b[:, 3] <= height)
+    assert np.all(b[:, 2] > b[:, 0]) and np.all(b[:, 3] > b[:, 1])
+    assert np.all((t.z >= 0) & (t.z < z_slices)) and np.all(t.score == 1.0) and set(t.stack) == {""}
+    px = stack.voxel_size[1]
+    by_id = {s.spine_id: s for s in stack.spines}
+    for spine_id, box in zip(t.spine_id, b):
+        cy, cx = by_id[spine_id].head.centre[1:] / px        # head centre in pixels
+        if 0 <= cx < width and 0 <= cy < height:
+            assert box[0] - 1 <= cx <= box[2] + 1 and box[1] - 1 <= cy <= box[3] + 1
+    # one row per spine and slice, rows in stack.boxes_at(z) agree with the table
+    keys = list(zip(t.spine_id.tolist(), t.z.tolist()))
+    assert len(keys) == len(set(keys))
+    assert sum(len(stack.boxes_at(z)) for z in range(z_slices)) == len(t)
+    assert stack.boxes_at(z_slices + 5).shape == (0, 4)
+
+
+def test_box_areas_are_spine_sized():
+    """Areas in µm² like the paper's (most 1-7 µm², none near its 20 µm² cap)."""
+    areas = []
+    for seed in range(2):
+        s = make_stack(seed, (12, 256, 256), pixel_size_um=0.1, signal_photons=200.0)
+        b = s.table.boxes
+        areas.extend((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) * 0.1 ** 2)
+    assert len(areas) >= 20
+    assert 0.7 <= np.median(areas) <= 7.0
+    assert max(areas) <= 20.0
+
+
+def test_distractors_get_no_boxes():
+    s = make_stack(11, (8, 96, 96), spines_per_um=0.0, axon_count=3, puncta_per_100um2=1.5,
+                   terminal_bouton_fraction=0.5, signal_photons=300.0, pixel_size_um=0.1)
+    assert len(s.table) == 0 and s.spines == []
+    assert len(s.scene.distractors()) > 3
+    assert s.image.max() > 4 * np.median(s.image)         # there is bright structure to ignore
+
+
+def test_pixel_size_changes_the_image_consistently():
+    """The same scene at half the pixel size: the same spines, the same boxes in µm."""
+    settings = dict(BRIGHT, z_step_um=0.5)
+    coarse = make_stack(5, (6, 96, 96), **dict(settings, pixel_size_um=0.1))
+    fine = make_stack(5, (6, 192, 192), **dict(settings, pixel_size_um=0.05))
+    assert [s.spine_id for s in coarse.spines] == [s.spine_id for s in fine.spines]
+    for a, b in zip(coarse.spines, fine.spines):
+        np.testing.assert_allclose(a.head.centre, b.head.centre)
+    rows_c = {(i, z): box * 0.1 for i, z, box in zip(coarse.table.spine_id, coarse.table.z, coarse.table.boxes)}
+    rows_f = {(i, z): box * 0.05 for i, z, box in zip(fine.table.spine_id, fine.table.z, fine.table.boxes)}
+    common = set(rows_c) & set(rows_f)
+    assert len(rows_c) >= 5
+    assert len(common) >= 0.8 * max(len(rows_c), len(rows_f))
+    worst = max(np.abs(rows_c[k] - rows_f[k]).max() for k in common)
+    assert worst <= 0.25, worst          # µm: within about two coarse pixels
+
+
+def test_same_seed_same_stack():
+    a = make_stack(7, (6, 64, 64))
+    b = make_stack(7, (6, 64, 64))
+    c = make_stack(8, (6, 64, 64))
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.table.boxes, b.table.boxes) and np.array_equal(a.table.z, b.table.z)
+    assert a.voxel_size == b.voxel_size
+    assert not np.array_equal(a.image, c.image)
+    # fixing one setting leaves the others as they were for that seed
+    d = make_stack(7, (6, 64, 64), bit_depth=8 if a.params.bit_depth == 16 else 16)
+    assert d.params.pixel_size_um == a.params.pixel_size_um and d.params.z_step_um == a.params.z_step_um
+
+
+def test_bit_depth_and_parameter_ranges():
+    assert make_stack(1, (3, 48, 48), bit_depth=8).image.dtype == np.uint8
+    s16 = make_stack(1, (3, 48, 48), bit_depth=16)
+    assert s16.image.dtype == np.uint16 and s16.image.max() <= 2 ** s16.params.adc_bits - 1
+    rng = np.random.default_rng(0)
+    draws = [SynthParams().sample(rng) for _ in range(200)]
+    px = [d.pixel_size_um for d in draws]
+    dz = [d.z_step_um for d in draws]
+    assert 0.07 <= min(px) < 0.08 and 0.14 < max(px) <= 0.15
+    assert 0.3 <= min(dz) < 0.4 and 0.9 < max(dz) <= 1.0
+    assert all(d.psf_sigma_z_um > d.psf_sigma_xy_um for d in draws)
+    with pytest.raises(ValueError, match="unknown"):
+        make_stack(1, (3, 48, 48), pixel_size=0.1)
+
+
+def test_written_tiff_keeps_the_voxel_size(tmp_path, stack):
+    paths = write_stack(stack, tmp_path, "s1")
+    assert sorted(p.name for p in paths) == ["s1.tif", "s1_boxes.csv"]
+    with tifffile.TiffFile(tmp_path / "s1.tif") as tif:
+        assert tif.is_imagej
+        assert tif.imagej_metadata["spacing"] == pytest.approx(stack.voxel_size[0])
+        assert tif.imagej_metadata["unit"] == "um"
+        num, den = tif.pages[0].tags["XResolution"].value
+        assert den / num == pytest.approx(stack.voxel_size[2], rel=1e-5)
+        assert np.array_equal(tif.asarray(), stack.image)
+    table = read_box_table(tmp_path / "s1_boxes.csv")
+    order = np.lexsort((stack.table.z, stack.table.spine_id))
+    np.testing.assert_allclose(table.boxes, stack.table.boxes[order], atol=0.006)
+    assert np.array_equal(table.z, stack.table.z[order]) and np.all(table.score == 1.0)
+
+
+def test_cli_writes_stacks(tmp_path, capsys):
+    args = [str(tmp_path), "--count", "2", "--slices", "3", "--size", "48", "--seed", "4",
+            "--pixel-size", "0.12", "--z-step", "0.8", "--bit-depth", "8"]
+    assert main(args) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["synth_000.tif", "synth_000_boxes.csv", "synth_001.tif", "synth_001_boxes.csv"]
+    with tifffile.TiffFile(tmp_path / "synth_001.tif") as tif:
+        assert tif.asarray().shape == (3, 48, 48) and tif.asarray().dtype == np.uint8
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.8)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("args", [[], ["out", "--bit-depth", "12"], ["out", "--size", "-3"],
+                                  ["out", "--pixel-size", "abc"], ["out", "--size", "8"]])
+def test_cli_errors_are_one_line(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("spine-synth: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exit_code_from_a_shell(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "spinedet.training.synth", str(tmp_path), "--count", "0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
