@@ -1,0 +1,182 @@
+"""Training data: in-memory samples, the data sources and weighted sampling across them.
+
+A :class:`Sample` is one 2D training image, already normalised the way the
+runtime normalises (``spinedet.runtime.contract.intensity_range`` over the
+whole stack, then ``normalise``), with its ground-truth boxes.  Sources:
+
+``synthetic``
+    slices of stacks from :func:`spinedet.training.synth.make_stack`,
+    generated on the fly from seeds (nothing is stored);
+``real2d-mdg``
+    the 200 train / 15 val real 2D images in ``../shared/data/real2d-mdg``
+    via :func:`spinedet.training.labels.load_real2d_mdg`, read at run time
+    and skipped with a warning when the folder (or the loader) is absent.
+
+:class:`MixedSampler` draws training samples from several sources with
+given weights from one numpy Generator, so a seed fixes the sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spinedet.runtime.contract import ModelCard, intensity_range, normalise
+from spinedet.runtime.tables import BoxTable
+
+#: ``../shared/data`` next to the repository (override with SPINEDET_DATA).
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+SYNTHETIC = "synthetic"
+REAL2D_MDG = "real2d-mdg"
+
+
+def data_root() -> Path:
+    """Where the real data lives: ``$SPINEDET_DATA`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get("SPINEDET_DATA")
+    return Path(env) if env else DEFAULT_DATA_ROOT
+
+
+@dataclass
+class Sample:
+    """One training/validation image: ``image`` (H, W) float32 in 0..1, ``boxes`` (N, 4) float32 pixels."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    source: str = ""
+    name: str = ""
+
+
+@dataclass
+class ValStack:
+    """A validation stack for F1-3D: ``image`` (Z, H, W) float32 normalised, ``table`` its ground truth."""
+
+    name: str
+    image: np.ndarray
+    table: BoxTable
+    voxel_size: tuple = (1.0, 0.1, 0.1)
+
+
+def _card(low_percentile: float, high_percentile: float) -> ModelCard:
+    return ModelCard(low_percentile=low_percentile, high_percentile=high_percentile)
+
+
+def normalise_stack(image, low_percentile: float = 1.0, high_percentile: float = 99.8) -> np.ndarray:
+    """A stack (Z, H, W) or one image (H, W) as float32 0..1, exactly as the runtime normalises it.
+
+    The intensity range is taken over the whole stack (every slice shares
+    it), with the runtime's own functions.
+    """
+    image = np.asarray(image)
+    slices = image if image.ndim == 3 else image[None]
+    low, high = intensity_range(slices, _card(low_percentile, high_percentile))
+    return normalise(image, low, high)
+
+
+def _as_boxes(boxes) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float32)
+    return b.reshape(-1, 4) if b.size else np.zeros((0, 4), np.float32)
+
+
+def samples_from_stack(image_norm: np.ndarray, table: BoxTable, source: str, name: str,
+                       empty_slices: bool = True) -> list[Sample]:
+    """One :class:`Sample` per slice of a normalised stack; ``empty_slices=False`` drops slices without spines."""
+    out = []
+    for z in range(image_norm.shape[0]):
+        boxes = _as_boxes(table.boxes[table.z == z])
+        if len(boxes) or empty_slices:
+            out.append(Sample(image_norm[z], boxes, source, f"{name}[{z}]"))
+    return out
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def synthetic_stacks(count: int, seed: int, shape=(20, 512, 512), low_percentile: float = 1.0,
+                     high_percentile: float = 99.8, **overrides) -> list[ValStack]:
+    """``count`` synthetic stacks from seeds ``[seed, i]``, normalised; ``overrides`` go to ``make_stack``."""
+    from spinedet.training.synth import make_stack
+
+    stacks = []
+    for i in range(count):
+        stack = make_stack(np.random.default_rng([seed, i]), tuple(shape), **overrides)
+        image = normalise_stack(stack.image, low_percentile, high_percentile)
+        stacks.append(ValStack(f"synth_{seed}_{i:03d}", image, stack.table, tuple(stack.voxel_size)))
+    return stacks
+
+
+def synthetic_samples(count: int, seed: int, shape=(20, 512, 512), low_percentile: float = 1.0,
+                      high_percentile: float = 99.8, empty_slices: bool = True, **overrides) -> list[Sample]:
+    """The slices of ``count`` synthetic stacks as samples (source ``synthetic``)."""
+    out = []
+    for stack in synthetic_stacks(count, seed, shape, low_percentile, high_percentile, **overrides):
+        out += samples_from_stack(stack.image, stack.table, SYNTHETIC, stack.name, empty_slices)
+    return out
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def real2d_samples(split: str, root=None, low_percentile: float = 1.0, high_percentile: float = 99.8,
+                   warn: bool = True) -> list[Sample]:
+    """The real2d-mdg ``split`` ("train" or "val") as samples, or ``[]`` with a warning when unavailable."""
+    folder = Path(root) if root is not None else data_root() / REAL2D_MDG
+    if not folder.is_dir():
+        if warn:
+            warnings.warn(f"real data folder {folder} is absent: skipping source {REAL2D_MDG}", stacklevel=2)
+        return []
+    try:
+        from spinedet.training.labels import load_real2d_mdg
+    except ImportError as exc:
+        if warn:
+            warnings.warn(f"cannot load {REAL2D_MDG} ({exc}): skipping it", stacklevel=2)
+        return []
+    out = []
+    for item in load_real2d_mdg(folder, split):
+        image, boxes, name = _real_item(item)
+        out.append(Sample(normalise_stack(image, low_percentile, high_percentile), _as_boxes(boxes),
+                          REAL2D_MDG, name))
+    return out
+
+
+def _real_item(item):
+    """``(image, boxes, name)`` from one item of the labels loader (object with attributes, dict or tuple)."""
+    if isinstance(item, dict):
+        return item["image"], item["boxes"], str(item.get("name", item.get("filename", "")))
+    if hasattr(item, "image"):
+        name = getattr(item, "name", None) or getattr(item, "filename", "")
+        return item.image, item.boxes, str(name)
+    image, boxes = item[0], item[1]
+    return image, boxes, str(item[2]) if len(item) > 2 else ""
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class MixedSampler:
+    """Draws samples from several sources: a source by weight, then a sample uniformly within it.
+
+    ``sources``: name -> list of samples (empty sources are ignored);
+    ``weights``: name -> relative weight (missing names weigh 1).
+    """
+
+    def __init__(self, sources: dict, weights: dict | None = None):
+        weights = weights or {}
+        self.names = [n for n, s in sources.items() if len(s) and weights.get(n, 1.0) > 0]
+        if not self.names:
+            raise ValueError("no training samples: every source is empty")
+        self.sources = {n: sources[n] for n in self.names}
+        w = np.array([float(weights.get(n, 1.0)) for n in self.names])
+        self.probabilities = w / w.sum()
+
+    def draw(self, rng: np.random.Generator) -> Sample:
+        k = int(rng.choice(len(self.names), p=self.probabilities)) if len(self.names) > 1 else 0
+        pool = self.sources[self.names[k]]
+        return pool[int(rng.integers(len(pool)))]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources.values())

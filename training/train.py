@@ -1,0 +1,392 @@
+"""Training the spine detector (``spine-train``).
+
+The default recipe is the paper's (Vogel et al., *Network training*): SGD
+with momentum 0.6, learning rate 1e-3, L2 weight decay 3e-6, batch size 1,
+the RPN's box regression loss weighted 2 relative to its objectness loss,
+in-place augmentation (eight orientations, Gaussian noise and blur with
+p = 0.5; see :mod:`spinedet.training.augment` for the additions).
+
+Validation (every ``val_every`` iterations and at the end) runs the model
+on whole images, post-processes with the runtime's own
+:func:`~spinedet.runtime.postprocess.filter_detections`, and scores with the
+runtime's :func:`~spinedet.runtime.evaluate.f1_2d` per source and, on
+synthetic validation stacks, tracks with
+:func:`~spinedet.runtime.tracking.track_slices` and scores
+:func:`~spinedet.runtime.evaluate.f1_3d`: one implementation of the metrics.
+The checkpoint with the best selection score (the mean of all validation
+F1s) is kept as ``best.pt``; ``last.pt`` holds everything needed to resume
+(model, optimizer, RNG states, iteration), and resuming gives exactly the
+loss the uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spinedet.runtime.evaluate import f1_2d, f1_3d
+from spinedet.runtime.postprocess import filter_detections
+from spinedet.runtime.tracking import track_slices
+
+from .augment import AugmentConfig, augment
+from .data import (REAL2D_MDG, SYNTHETIC, MixedSampler, Sample, ValStack, data_root, real2d_samples,
+                   samples_from_stack, synthetic_stacks)
+from .model import BACKBONES, ModelConfig, build_model, load_checkpoint, save_checkpoint
+
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+@dataclass
+class TrainOptions:
+    """How to train (the model itself is described by :class:`ModelConfig`).
+
+    loss_weights: factor per torchvision loss name (missing: 1); the paper weighs
+        the RPN regression loss 2 relative to the objectness loss.
+    source_weights: relative sampling weight per source name (missing: 1).
+    val_every: validate (and checkpoint) every this many iterations; 0: only at the end.
+    checkpoint_every: write ``last.pt`` every this many iterations (0: with validation only).
+    warmup_iterations: linear learning-rate warm-up from lr/10 (0: constant lr, the paper's).
+    score_threshold, max_area_px, nms_iom: the runtime's post-processing used for validation.
+    """
+
+    iterations: int = 3000
+    batch_size: int = 1
+    lr: float = 1e-3
+    momentum: float = 0.6
+    weight_decay: float = 3e-6
+    warmup_iterations: int = 0
+    seed: int = 0
+    val_every: int = 500
+    checkpoint_every: int = 0
+    log_every: int = 20
+    loss_weights: dict = field(default_factory=lambda: {"loss_rpn_box_reg": 2.0})
+    source_weights: dict = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    threads: int | None = None
+    score_threshold: float = 0.5
+    max_area_px: float | None = 2000.0
+    nms_iom: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- inference + metrics
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+
+
+def detect(model, images, batch_size: int = 4):
+    """Raw detections ``[(boxes (K, 4), scores (K,)), ...]`` of ``model`` on 2D images (H, W) in 0..1."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = [_to_tensor(im) for im in images[start:start + batch_size]]
+            for o in model(batch):
+                out.append((o["boxes"].numpy().astype(np.float64), o["scores"].numpy().astype(np.float64)))
+    model.train(was_training)
+    return out
+
+
+def _post(raw, options: TrainOptions):
+    return [filter_detections(b, s, score_threshold=options.score_threshold, max_area_px=options.max_area_px,
+                              nms_iom=options.nms_iom) for b, s in raw]
+
+
+def evaluate_2d(model, samples: list[Sample], options: TrainOptions) -> dict:
+    """The runtime's per-image F1 (IoM >= 0.5) of ``model`` on ``samples``."""
+    post = _post(detect(model, [s.image for s in samples]), options)
+    return f1_2d([b for b, _ in post], [s.boxes for s in samples])
+
+
+def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions) -> tuple[dict, dict]:
+    """``(F1-3D, per-slice F1)`` of ``model`` on stacks: detect per slice, filter, track, score.
+
+    Counts are summed over the stacks before the scores are computed.
+    """
+    totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
+    for stack in stacks:
+        post = _post(detect(model, list(stack.image)), options)
+        table = track_slices(post)
+        result = f1_3d(table, stack.table)
+        for k in totals3:
+            totals3[k] += result[k]
+        for z, (boxes, _) in enumerate(post):
+            pred_2d.append(boxes)
+            gt_2d.append(stack.table.boxes[stack.table.z == z])
+    return _scores(**totals3), f1_2d(pred_2d, gt_2d)
+
+
+def _scores(tp: int, fp: int, fn: int) -> dict:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+
+
+def validate(model, val_2d: dict, val_3d: list[ValStack], options: TrainOptions) -> dict:
+    """All validation metrics: ``{"2d/<source>": ..., "3d/synthetic": ..., "2d/synthetic-stacks": ..., "score"}``.
+
+    ``score`` (the selection criterion) is the mean F1 over the 2D sources and F1-3D.
+    """
+    metrics, f1s = {}, []
+    for name, samples in val_2d.items():
+        if samples:
+            metrics[f"2d/{name}"] = evaluate_2d(model, samples, options)
+            f1s.append(metrics[f"2d/{name}"]["f1"])
+    if val_3d:
+        metrics["3d/synthetic"], metrics["2d/synthetic-stacks"] = evaluate_3d(model, val_3d, options)
+        f1s.append(metrics["3d/synthetic"]["f1"])
+    metrics["score"] = float(np.mean(f1s)) if f1s else float("nan")
+    return metrics
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _target(boxes: np.ndarray) -> dict:
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    b = b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)]
+    return {"boxes": torch.from_numpy(b), "labels": torch.ones(len(b), dtype=torch.int64)}
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+
+
+def _lr_at(options: TrainOptions, iteration: int) -> float:
+    if options.warmup_iterations and iteration < options.warmup_iterations:
+        return options.lr * (0.1 + 0.9 * iteration / options.warmup_iterations)
+    return options.lr
+
+
+def _log(stream, text: str) -> None:
+    if stream == "stderr":
+        stream = sys.stderr
+    if stream is not None:
+        print(text, file=stream, flush=True)
+
+
+def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2d: dict | None = None,
+          val_3d: list | None = None, out_dir=None, resume=None, log="stderr") -> dict:
+    """Train a detector; return ``{"model", "config", "losses", "metrics", "best", "iteration"}``.
+
+    train_sources: source name -> list of :class:`Sample` (weighted by ``options.source_weights``).
+    val_2d: source name -> validation samples; val_3d: synthetic :class:`ValStack` list.
+    out_dir: where ``last.pt``, ``best.pt``, ``metrics.jsonl`` go (None: nothing is written).
+    resume: a ``last.pt`` to continue from (its model config wins over ``config``).
+    log: a text stream for progress lines, "stderr" (the default) or None.
+    ``losses`` lists the total loss of every iteration run in this call.
+    """
+    val_2d, val_3d = val_2d or {}, val_3d or []
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    rng = np.random.default_rng(options.seed)
+    torch.manual_seed(options.seed)
+    start, best, history = 0, -math.inf, []
+    if resume is not None:
+        model, saved_config, state = load_checkpoint(resume)
+        if saved_config.to_dict() != config.to_dict():
+            warnings.warn("resuming: the checkpoint's model config replaces the one given", stacklevel=2)
+        config = saved_config
+    else:
+        model, state = build_model(config, pretrained=True), None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                                weight_decay=options.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(rng, state["rng"])
+        start, best = int(state["iteration"]), float(state.get("best_score", -math.inf))
+    sampler = MixedSampler(train_sources, options.source_weights)
+    model.train()
+    _log(log, f"[spine-train] {config.backbone} ({'ImageNet' if config.pretrained else 'scratch'}), "
+              f"fpn {config.fpn_channels}, head {config.representation_size}; "
+              f"{len(sampler)} training samples from {', '.join(sampler.names)}; "
+              f"iterations {start}..{options.iterations}")
+    metrics_log = (out_dir / "metrics.jsonl") if out_dir is not None else None
+    last_metrics, tick, window = None, time.perf_counter(), []
+
+    def checkpoint(name: str, iteration: int, metrics=None):
+        if out_dir is None:
+            return
+        save_checkpoint(out_dir / name, model, config, iteration=iteration, optimizer=optimizer.state_dict(),
+                        rng=_rng_state(rng), best_score=best, metrics=metrics or {},
+                        options=json.dumps(options.to_dict()))
+
+    for iteration in range(start, options.iterations):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(options, iteration)
+        images, targets = [], []
+        for _ in range(options.batch_size):
+            sample = sampler.draw(rng)
+            image, boxes = augment(sample.image, sample.boxes, rng, options.augment)
+            images.append(_to_tensor(image))
+            targets.append(_target(boxes))
+        losses = model(images, targets)
+        total = sum(options.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        value = float(total.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at iteration {iteration}")
+        history.append(value)
+        window.append([value] + [float(losses[k].detach()) for k in LOSS_NAMES])
+        done = iteration + 1
+        if options.log_every and (done % options.log_every == 0 or done == options.iterations):
+            now = time.perf_counter()
+            mean = np.mean(window, axis=0)
+            per_it = (now - tick) / len(window)
+            eta = per_it * (options.iterations - done)
+            _log(log, f"[spine-train] it {done}/{options.iterations} loss {mean[0]:.4f} "
+                      f"(obj {mean[1]:.3f} rpn-box {mean[2]:.3f} cls {mean[3]:.3f} box {mean[4]:.3f}) "
+                      f"lr {optimizer.param_groups[0]['lr']:.2g} {per_it:.3f} s/it eta {eta / 60:.1f} min")
+            tick, window = now, []
+        validate_now = done == options.iterations or (options.val_every and done % options.val_every == 0)
+        if validate_now and (val_2d or val_3d):
+            t0 = time.perf_counter()
+            last_metrics = validate(model, val_2d, val_3d, options)
+            model.train()
+            parts = [f"{k} F1 {v['f1']:.3f} (P {v['precision']:.2f} R {v['recall']:.2f})"
+                     for k, v in last_metrics.items() if isinstance(v, dict)]
+            improved = last_metrics["score"] > best
+            if improved:
+                best = last_metrics["score"]
+            _log(log, f"[spine-train] validation at it {done}: {'; '.join(parts)}; score "
+                      f"{last_metrics['score']:.4f}{' (best)' if improved else ''} "
+                      f"[{time.perf_counter() - t0:.0f} s]")
+            if metrics_log is not None:
+                metrics_log.parent.mkdir(parents=True, exist_ok=True)
+                with open(metrics_log, "a") as handle:
+                    handle.write(json.dumps({"iteration": done, **last_metrics}) + "\n")
+            if improved:
+                checkpoint("best.pt", done, last_metrics)
+            checkpoint("last.pt", done, last_metrics)
+            tick = time.perf_counter()
+        elif validate_now or (options.checkpoint_every and done % options.checkpoint_every == 0):
+            checkpoint("last.pt", done, last_metrics)
+    if out_dir is not None:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return {"model": model, "config": config, "losses": history, "metrics": last_metrics, "best": best,
+            "iteration": max(start, options.iterations)}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _pairs(text: str) -> dict:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def _ints(text: str) -> tuple:
+    return tuple(int(v) for v in text.replace("x", ",").split(","))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spine-train", description="Train the spine detector (Faster R-CNN).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics (e.g. runs/mnv2)")
+    p.add_argument("--resume", default=None, help="continue from this last.pt")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", choices=BACKBONES, default=ModelConfig.backbone)
+    m.add_argument("--scratch", action="store_true", help="random backbone init instead of ImageNet weights")
+    m.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
+    m.add_argument("--representation-size", type=int, default=ModelConfig.representation_size)
+    m.add_argument("--input-size", type=int, default=512, help="model input (square) in pixels")
+    m.add_argument("--frozen-stages", type=int, default=ModelConfig.frozen_stages)
+    t = p.add_argument_group("optimisation (defaults: the paper's)")
+    t.add_argument("--iterations", type=int, default=TrainOptions.iterations)
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--lr", type=float, default=TrainOptions.lr)
+    t.add_argument("--momentum", type=float, default=TrainOptions.momentum)
+    t.add_argument("--weight-decay", type=float, default=TrainOptions.weight_decay)
+    t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--crop", type=int, default=256, help="training crop size (0: whole images)")
+    t.add_argument("--no-augment", action="store_true", help="no augmentation (crops only)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--val-every", type=int, default=500)
+    t.add_argument("--checkpoint-every", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=20)
+    d = p.add_argument_group("data")
+    d.add_argument("--synthetic-train", type=int, default=40, help="synthetic training stacks")
+    d.add_argument("--synthetic-val", type=int, default=4, help="synthetic validation stacks (F1-3D)")
+    d.add_argument("--synthetic-shape", type=_ints, default=(20, 512, 512), help="Z,H,W of synthetic stacks")
+    d.add_argument("--synthetic-seed", type=int, default=1,
+                   help="training stacks use seeds [S, i], validation stacks [S + 1000, i]")
+    d.add_argument("--real-root", default=None, help="real2d-mdg folder (default ../shared/data/real2d-mdg)")
+    d.add_argument("--no-real", action="store_true", help="do not use real2d-mdg")
+    d.add_argument("--weights", type=_pairs, default={SYNTHETIC: 1.0, REAL2D_MDG: 1.0},
+                   help="sampling weights per source, e.g. synthetic=1,real2d-mdg=2")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
+                         representation_size=args.representation_size, input_size=(args.input_size,) * 2,
+                         frozen_stages=args.frozen_stages)
+    aug = AugmentConfig.none(crop=args.crop or None) if args.no_augment else AugmentConfig(crop=args.crop or None)
+    options = TrainOptions(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                           momentum=args.momentum, weight_decay=args.weight_decay,
+                           warmup_iterations=args.warmup, seed=args.seed, val_every=args.val_every,
+                           checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                           source_weights=args.weights, augment=aug, threads=args.threads)
+    t0 = time.perf_counter()
+    norm = dict(low_percentile=config.low_percentile, high_percentile=config.high_percentile)
+    train_sources, val_2d, val_3d = {}, {}, []
+    if args.synthetic_train:
+        stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
+        train_sources[SYNTHETIC] = [s for st in stacks for s in samples_from_stack(st.image, st.table, SYNTHETIC,
+                                                                                    st.name)]
+    if args.synthetic_val:
+        # validation stacks at the model's pixel size, as the runtime would resample them
+        val_3d = synthetic_stacks(args.synthetic_val, args.synthetic_seed + 1000, args.synthetic_shape,
+                                  pixel_size_um=config.pixel_size_um, **norm)
+    if not args.no_real:
+        root = Path(args.real_root) if args.real_root else data_root() / REAL2D_MDG
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_sources[REAL2D_MDG] = real2d_samples("train", root, **norm)
+            val_2d[REAL2D_MDG] = real2d_samples("val", root, warn=False, **norm)
+        for w in caught[:1]:
+            print(f"[spine-train] warning: {w.message}", file=sys.stderr)
+    print(f"[spine-train] data ready in {time.perf_counter() - t0:.0f} s: "
+          + ", ".join(f"{k} {len(v)} train" for k, v in train_sources.items())
+          + (f", {len(val_3d)} synthetic val stacks" if val_3d else "")
+          + "".join(f", {k} {len(v)} val" for k, v in val_2d.items() if v), file=sys.stderr)
+    try:
+        result = train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume)
+    except (ValueError, FloatingPointError) as exc:
+        print(f"spine-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"best_score": result["best"], "final": result["metrics"]}, indent=None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
