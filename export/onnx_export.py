@@ -1,0 +1,113 @@
+"""Trace a trained checkpoint into one ONNX graph that follows the runtime's model contract.
+
+:func:`export_onnx` writes ``<name>.onnx`` and its card ``<name>.json``
+(atomically: a failed export leaves nothing behind), after checking the
+graph's hygiene (:mod:`spinedet.export.hygiene`) and, unless told not to,
+its parity with the torch model (:mod:`spinedet.export.parity`).
+
+``fp16=True`` stores and computes the convolutional parts (backbone, FPN,
+RPN head, box head) in float16 while the graph's inputs and outputs stay
+float32, and box decoding, NMS inputs and RoI Align coordinates stay
+float32: TensorRT 10.12+ builds strongly typed networks, so the precision
+must be in the ONNX file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard
+from spinedet.runtime.errors import SpineDetError
+
+from .graph import ExportableDetector
+from .hygiene import check_graph
+
+OPSET = 17
+
+
+@dataclass
+class ExportReport:
+    onnx_path: Path
+    card_path: Path
+    size_mb: float
+    precision: str
+    problems: list = field(default_factory=list)
+    parity: dict | None = None
+
+
+def card_for(config, precision: str, metrics: dict | None = None, name: str = "spinedet") -> ModelCard:
+    """The runtime's model card for a training ``ModelConfig``."""
+    return ModelCard(input_size=tuple(config.input_size), pixel_size_um=config.pixel_size_um,
+                     low_percentile=config.low_percentile, high_percentile=config.high_percentile,
+                     max_detections=config.max_detections, name=name, precision=precision,
+                     metrics=dict(metrics or {}))
+
+
+def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2) -> list[str]:
+    """Trace ``model`` (a torchvision FasterRCNN built from ``config``) to ``out_path``; return hygiene problems."""
+    wrapper = ExportableDetector(model, config.input_size, half=fp16).eval()
+    example = torch.zeros(batch_example, 1, *config.input_size)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about Python constants, all intended
+        torch.onnx.export(
+            wrapper, (example,), str(out_path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "B"}, OUTPUT_NAMES[0]: {0: "B"}, OUTPUT_NAMES[1]: {0: "B"}},
+            do_constant_folding=True)
+    import onnx
+
+    return check_graph(onnx.load(str(out_path)))
+
+
+def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, name: str | None = None,
+                progress=None) -> ExportReport:
+    """Export ``checkpoint`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail."""
+    from spinedet.training.model import load_checkpoint
+
+    from .parity import parity_report
+
+    checkpoint, out_path = Path(checkpoint), Path(out_path)
+    try:
+        model, config, state = load_checkpoint(checkpoint)
+    except FileNotFoundError:
+        raise SpineDetError("no such checkpoint", checkpoint) from None
+    except Exception as exc:
+        raise SpineDetError(f"not a spinedet checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
+    model.eval()
+    precision = "fp16" if fp16 else "fp32"
+    card = card_for(config, precision, state.get("metrics"), name or out_path.stem)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        if progress:
+            progress(f"tracing {checkpoint.name} ({precision})")
+        problems = export_model(model, config, tmp, fp16=fp16)
+        if problems:
+            raise SpineDetError(f"exported graph fails the hygiene checks: {'; '.join(problems[:5])}", checkpoint)
+        parity = None
+        if check:
+            if progress:
+                progress("checking parity with the torch model")
+            parity = parity_report(model, tmp, card)
+            if not parity["ok"]:
+                raise SpineDetError(f"exported graph disagrees with the torch model: {parity['summary']}",
+                                    checkpoint)
+        card_tmp = tmp.with_suffix(".json")
+        card_tmp.write_text(card.to_json() + "\n")
+        os.replace(tmp, out_path)
+        os.replace(card_tmp, out_path.with_suffix(".json"))
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".json")):
+            if leftover.exists():
+                leftover.unlink()
+    return ExportReport(out_path, out_path.with_suffix(".json"), out_path.stat().st_size / 1e6, precision,
+                        [], parity)
