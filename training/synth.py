@@ -35,9 +35,10 @@ Ground truth: the visibility rule
       slice is within the head's axial blur, not just in its faint tail),
     * stands ``min_snr`` (3) noise standard deviations above the slice's
       background (``SynthStack.detection_floor`` is this level in dye
-      units; the noise SD is that of the slice's median voxel), and
-    * is not hidden in the shaft: there the head is at least as bright as
-      the dendrites alone are.
+      units; the noise SD is sqrt(photons of the slice's median voxel +
+      read noise²)), and
+    * is not hidden in its shaft: at that pixel the head alone is at least
+      as bright as the dendrites alone.
 
     In a visible slice the box is the minimal box around the pixels where
     the head reaches ``edge_fraction`` (1/4) of its in-slice peak, together
@@ -474,10 +475,19 @@ class _Canvas:
     def paint(self, obj) -> None:
         if isinstance(obj, Ball):
             self._paint_segment(obj.centre, obj.centre, obj.radius, obj.radius, obj.brightness)
-        else:
-            for k in range(len(obj.points) - 1):
-                self._paint_segment(obj.points[k], obj.points[k + 1], obj.radius[k], obj.radius[k + 1],
-                                    obj.brightness)
+            return
+        # only the segments whose bounding box reaches into the canvas
+        g = self.grid
+        reach = np.maximum(obj.radius[:-1], obj.radius[1:]) + g.fine_step_um + g.pixel_um
+        lo = np.minimum(obj.points[:-1], obj.points[1:]) - reach[:, None]
+        hi = np.maximum(obj.points[:-1], obj.points[1:]) + reach[:, None]
+        nz, ny, nx = self.data.shape
+        canvas_lo = np.array([self.m0 * g.fine_step_um, self.r0 * g.pixel_um, self.c0 * g.pixel_um])
+        canvas_hi = np.array([(self.m0 + nz) * g.fine_step_um, (self.r0 + ny + 1) * g.pixel_um,
+                              (self.c0 + nx + 1) * g.pixel_um])
+        near = np.all((hi >= canvas_lo) & (lo <= canvas_hi), axis=1)
+        for k in np.flatnonzero(near):
+            self._paint_segment(obj.points[k], obj.points[k + 1], obj.radius[k], obj.radius[k + 1], obj.brightness)
 
     def _paint_segment(self, p, q, rp, rq, brightness) -> None:
         """Draw a capsule from ``p`` to ``q`` (µm) with radii ``rp``..``rq``, anti-aliased."""
@@ -538,7 +548,9 @@ def _blur_canvas(canvas: _Canvas, z_out_um: np.ndarray) -> np.ndarray:
     weights = np.exp(-0.5 * ((np.asarray(z_out_um)[:, None] - fine_z[None, :]) / g.sigma_z_um) ** 2)
     weights *= g.fine_step_um / (math.sqrt(2 * math.pi) * g.sigma_z_um)
     nz, ny, nx = canvas.data.shape
-    out = (weights.astype(np.float32) @ canvas.data.reshape(nz, ny * nx)).reshape(-1, ny, nx)
+    flat, weights = canvas.data.reshape(nz, ny * nx), weights.astype(np.float32)
+    # BLAS for big blocks; small ones are quicker without its threads
+    out = (weights @ flat if flat.size > 1_000_000 else np.einsum("ij,jk->ik", weights, flat)).reshape(-1, ny, nx)
     kernel = g.kernel_xy
     return _blur_valid(_blur_valid(out, kernel, 1), kernel, 2)
 
@@ -562,19 +574,23 @@ def _canvas_around(grid: Grid, objects) -> _Canvas:
     return _Canvas(grid, m0, r0, c0, (m1 - m0, r1 - r0, c1 - c0))
 
 
-def _in_focus_peak(grid: Grid, obj) -> float:
-    """Brightest blurred value of ``obj`` alone at any depth, dye units.
+def _seen_alone(canvas: _Canvas, obj, z_um: np.ndarray):
+    """``obj`` alone on ``canvas``, blurred: its slices at ``z_um`` (n, ny, nx) and its in-focus peak.
 
-    Sampled at the object's own depths (a ball's centre, a tube's vertices),
-    on the fine grid and at the stack's slices, so no slice sees more.
+    The in-focus peak (dye units) is the brightest value at any depth,
+    sampled at the object's own depths (a ball's centre, a tube's depth range
+    at half the fine step) and at ``z_um``, so no slice sees more.
     """
-    canvas = _canvas_around(grid, [obj])
+    canvas.data[:] = 0
     canvas.paint(obj)
-    fine_z = grid.fine_step_um * np.arange(canvas.m0, canvas.m0 + canvas.data.shape[0])
-    own_z = np.atleast_1d(obj.centre[0] if isinstance(obj, Ball) else obj.points[:, 0])
-    slice_z = grid.slice_z_um()
-    slice_z = slice_z[(slice_z >= fine_z[0]) & (slice_z <= fine_z[-1])]
-    return float(_blur_canvas(canvas, np.concatenate([own_z, fine_z, slice_z])).max())
+    fs = canvas.grid.fine_step_um
+    if isinstance(obj, Ball):
+        z_lo = z_hi = obj.centre[0]
+    else:
+        z_lo, z_hi = obj.points[:, 0].min(), obj.points[:, 0].max()
+    own_z = np.arange(z_lo - fs, z_hi + fs + 1e-9, fs / 2)
+    seen = _blur_canvas(canvas, np.concatenate([z_um, own_z]))
+    return seen[:len(z_um)], float(seen.max())
 
 
 def render_dye(grid: Grid, objects, max_voxels: int = 48_000_000) -> np.ndarray:
@@ -677,6 +693,7 @@ class SynthStack:
     spines           the spines (geometry in µm); ``spine_id`` matches ``table.spine_id``
     scene            every object, spines and distractors
     params           the sampled settings
+    grid             the sampling and PSF (for re-rendering objects with :func:`render_alone`)
     detection_floor  (Z,) dye level a head must reach to stand ``min_snr`` noise SDs above
                      the background of that slice (see the module docstring)
     """
@@ -706,21 +723,14 @@ def _spine_boxes(grid: Grid, spine: Spine, dendrites, floor: np.ndarray, p: Synt
     ``floor`` (Z,) the detection floor; sets ``spine.head_peak`` and ``spine.neck_peak``.
     """
     z_slices, height, width = grid.shape
-    spine.head_peak = _in_focus_peak(grid, spine.head)
-    spine.neck_peak = _in_focus_peak(grid, spine.neck) if spine.neck is not None else 0.0
     canvas = _canvas_around(grid, spine.objects())
-    fine_z = grid.fine_step_um * np.array([canvas.m0, canvas.m0 + canvas.data.shape[0] - 1])
     z_um = grid.slice_z_um()
-    ks = np.flatnonzero((z_um >= fine_z[0]) & (z_um <= fine_z[1]))
+    ks = np.flatnonzero((z_um >= canvas.m0 * grid.fine_step_um)
+                        & (z_um <= (canvas.m0 + canvas.data.shape[0] - 1) * grid.fine_step_um))
+    head, spine.head_peak = _seen_alone(canvas, spine.head, z_um[ks])
+    neck, spine.neck_peak = (None, 0.0) if spine.neck is None else _seen_alone(canvas, spine.neck, z_um[ks])
     if len(ks) == 0:
         return []
-    canvas.paint(spine.head)
-    head = _blur_canvas(canvas, z_um[ks])
-    neck = None
-    if spine.neck is not None:
-        canvas.data[:] = 0
-        canvas.paint(spine.neck)
-        neck = _blur_canvas(canvas, z_um[ks])
     canvas.data[:] = 0
     for dendrite in dendrites:
         canvas.paint(dendrite)
