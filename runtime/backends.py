@@ -9,7 +9,10 @@ Devices (``device=``):
 ``cpu``       onnxruntime's CPU provider;
 ``cuda``      onnxruntime's CUDA provider (needs ``onnxruntime-gpu``);
 ``tensorrt``  onnxruntime's TensorRT provider, CUDA and CPU as fallback;
-``auto``      the best of these that is installed.
+``trt``       a native TensorRT engine built from the ONNX file and cached
+              (:mod:`spinedet.runtime.trt_engine`; needs ``tensorrt`` and
+              ``cuda-python``, no onnxruntime involved);
+``auto``      the best of the onnxruntime devices that is installed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "trt")
 
 
 class OnnxRuntimeBackend:
@@ -43,8 +46,8 @@ class OnnxRuntimeBackend:
 
         self.path = Path(model_path)
         self.card = card
-        if device not in DEVICES:
-            raise SpineDetError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        if device not in DEVICES or device == "trt":
+            raise SpineDetError(f"unknown onnxruntime device {device!r}; choose one of {', '.join(DEVICES[:4])}")
         available = onnxruntime.get_available_providers()
         if device == "auto":
             device = next(d for d in ("tensorrt", "cuda", "cpu") if _PROVIDERS[d][0] in available)
@@ -99,6 +102,68 @@ class OnnxRuntimeBackend:
         return boxes, scores
 
 
-def open_backend(model_path, card: ModelCard, device: str = "cpu", threads: int | None = None):
+class TensorRTBackend:
+    """Runs a spinedet model as a native TensorRT engine (TensorRT + cuda-python, no onnxruntime).
+
+    The engine comes from the cache or is built once (see
+    :func:`spinedet.runtime.trt_engine.load_or_build`); device buffers are
+    allocated for ``batch_max`` slices and reused.
+    """
+
+    def __init__(self, model_path, card: ModelCard, batch_max: int = 16, cache_dir=None):
+        from . import trt_engine
+
+        trt = trt_engine.require_tensorrt()
+        self.cudart = cudart = trt_engine.require_cudart()
+        self.path, self.card, self.device = Path(model_path), card, "trt"
+        self.max_batch = int(batch_max)
+        engine_bytes, self.key, self.engine_path, self.built = trt_engine.load_or_build(
+            model_path, card.precision, card.input_size, batch_max, cache_dir)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise SpineDetError("TensorRT could not load the engine", self.engine_path)
+        self.context = self.engine.create_execution_context()
+        self.stream = trt_engine.cuda_check(cudart.cudaStreamCreate())
+        h, w = card.input_size
+        k = card.max_detections
+        self._shapes = {INPUT_NAME: (1, h, w), OUTPUT_NAMES[0]: (k, 4), OUTPUT_NAMES[1]: (k,)}
+        self._buffers = {}
+        for name, shape in self._shapes.items():
+            nbytes = self.max_batch * int(np.prod(shape)) * 4
+            self._buffers[name] = trt_engine.cuda_check(cudart.cudaMalloc(nbytes))
+            self.context.set_tensor_address(name, int(self._buffers[name]))
+
+    def run(self, batch: np.ndarray):
+        from .trt_engine import cuda_check
+
+        cudart = self.cudart
+        boxes, scores = [], []
+        for start in range(0, len(batch), self.max_batch):
+            part = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
+            b = len(part)
+            self.context.set_input_shape(INPUT_NAME, part.shape)
+            outs = {name: np.empty((b, *self._shapes[name]), np.float32) for name in OUTPUT_NAMES}
+            cuda_check(cudart.cudaMemcpyAsync(self._buffers[INPUT_NAME], part.ctypes.data, part.nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+            if not self.context.execute_async_v3(self.stream):
+                raise SpineDetError("TensorRT inference failed", self.path)
+            for name, out in outs.items():
+                cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes,
+                                                  cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            cuda_check(cudart.cudaStreamSynchronize(self.stream))
+            boxes.append(outs[OUTPUT_NAMES[0]])
+            scores.append(outs[OUTPUT_NAMES[1]])
+        return np.concatenate(boxes), np.concatenate(scores)
+
+    def __del__(self):
+        for pointer in getattr(self, "_buffers", {}).values():
+            self.cudart.cudaFree(pointer)
+
+
+def open_backend(model_path, card: ModelCard, device: str = "cpu", threads: int | None = None,
+                 batch_max: int = 16):
     """The backend for ``device`` running ``model_path``."""
+    if device == "trt":
+        return TensorRTBackend(model_path, card, batch_max)
     return OnnxRuntimeBackend(model_path, card, device, threads)

@@ -73,7 +73,7 @@ def spine_run(
                                         help="TIFF/PNG stacks or images, or folders of <name>-NN.png slices."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the result files."),
     model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: shipped model."),
-    device: str = typer.Option("cpu", help="cpu, cuda, tensorrt or auto."),
+    device: str = typer.Option("cpu", help="cpu, cuda, tensorrt (onnxruntime), trt (native TensorRT) or auto."),
     batch: int = typer.Option(8, min=1, help="Slices (tiles) per inference call."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: all)."),
     channel: Optional[int] = typer.Option(None, min=0, help="Channel to read from multi-channel data (0-based)."),

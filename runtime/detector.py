@@ -98,7 +98,8 @@ class SpineDetector:
     """A loaded spine detection model plus the pipeline settings.
 
     model: path of an ONNX model with its card beside it (default: the
-        shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` or ``auto``.
+        shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
+        providers), ``trt`` (native TensorRT engine) or ``auto``.
     batch: slices (or tiles) per inference call.  threads: CPU threads for
         inference (None: all).  score_threshold, max_area_um2 (µm²) and
         nms_iom are the paper's post-processing; link_iom and max_misses its
@@ -119,7 +120,7 @@ class SpineDetector:
         if max_area_um2 is not None and not max_area_um2 > 0:
             raise SpineDetError(f"maximum spine area must be positive µm², got {max_area_um2}")
         self.card = contract.load_card(self.model_path)
-        self.backend = open_backend(self.model_path, self.card, device, threads)
+        self.backend = open_backend(self.model_path, self.card, device, threads, batch_max=max(batch, 1))
         self.batch = int(batch)
         self.score_threshold = float(score_threshold)
         self.max_area_um2 = max_area_um2

@@ -15,6 +15,13 @@ from pathlib import Path
 from .errors import SpineDetError
 
 
+def _default_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_all(contents: dict) -> list[Path]:
     """Write ``{path: bytes or str}`` atomically as a group; return the paths written.
 
@@ -23,6 +30,7 @@ def write_all(contents: dict) -> list[Path]:
     replaced either).
     """
     staged: list[tuple[str, Path]] = []
+    mode = _default_mode()
     try:
         for path, data in contents.items():
             path = Path(path)
@@ -34,6 +42,7 @@ def write_all(contents: dict) -> list[Path]:
                 staged.append((tmp, path))
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
+                os.chmod(tmp, mode)  # mkstemp makes files private (0600); outputs are ordinary files
             except OSError as exc:
                 raise SpineDetError(f"cannot write output ({exc.strerror or exc})", path) from None
         for tmp, path in staged:

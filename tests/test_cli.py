@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,10 @@ def test_help_runs_as_installed_command_without_traceback(tmp_path):
                            str(tmp_path / "none.onnx")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    files.write_all({tmp_path / "a.csv": "x"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o666 & ~umask
