@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard
+from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, load_card
 from spinedet.runtime.errors import SpineDetError
 
 from .graph import ExportableDetector
@@ -45,7 +45,7 @@ def card_for(config, precision: str, metrics: dict | None = None, name: str = "s
     return ModelCard(input_size=tuple(config.input_size), pixel_size_um=config.pixel_size_um,
                      low_percentile=config.low_percentile, high_percentile=config.high_percentile,
                      max_detections=config.max_detections, name=name, precision=precision,
-                     metrics=dict(metrics or {}))
+                     tile_overlap_px=min(64, min(config.input_size) // 4), metrics=dict(metrics or {}))
 
 
 def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2) -> list[str]:
@@ -103,6 +103,8 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
                                     checkpoint)
         card_tmp = tmp.with_suffix(".json")
         card_tmp.write_text(card.to_json() + "\n")
+        load_card(tmp)  # the card the runtime will read must be valid
+        os.chmod(tmp, os.stat(card_tmp).st_mode & 0o777)  # mkstemp made it private
         os.replace(tmp, out_path)
         os.replace(card_tmp, out_path.with_suffix(".json"))
     finally:

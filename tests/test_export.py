@@ -1,0 +1,128 @@
+"""Export: the traced graph is clean (hygiene), batch-dynamic and matches the torch model (parity)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="export tests need the [export] extra (torch, torchvision)")
+onnx = pytest.importorskip("onnx")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from spinedet.export.cli import app  # noqa: E402
+from spinedet.export.hygiene import FORBIDDEN_OPS, TENSORRT_OPS, check_graph  # noqa: E402
+from spinedet.export.onnx_export import export_onnx  # noqa: E402
+from spinedet.export.parity import builtin_slices, compare, torch_outputs  # noqa: E402
+from spinedet.runtime.backends import OnnxRuntimeBackend  # noqa: E402
+from spinedet.runtime.contract import load_card  # noqa: E402
+from spinedet.runtime.detector import SpineDetector  # noqa: E402
+from spinedet.runtime.errors import SpineDetError  # noqa: E402
+from spinedet.training.model import ModelConfig, build_model, save_checkpoint  # noqa: E402
+
+SIZE = (128, 128)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = ModelConfig(input_size=SIZE, fpn_channels=32, representation_size=64)
+    model = build_model(config).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, config, metrics={"f1_3d_synthetic": 0.5})
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    return {p: export_onnx(checkpoint[0], folder / f"tiny_{p}.onnx", fp16=(p == "fp16")) for p in ("fp32", "fp16")}
+
+
+def test_graph_hygiene(exported):
+    for report in exported.values():
+        model = onnx.load(str(report.onnx_path))
+        ops = {n.op_type for n in model.graph.node}
+        assert not ops & FORBIDDEN_OPS
+        assert ops <= TENSORRT_OPS
+        assert check_graph(model) == []
+        assert {"NonMaxSuppression", "RoiAlign"} <= ops  # the detector really is in the graph
+        dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["B", 1, *SIZE]
+
+
+def test_hygiene_flags_forbidden_ops():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NonZero", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2, None])])
+    problems = check_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert any("forbidden op NonZero" in p for p in problems)
+
+
+def test_fp32_parity_at_batches_1_3_8(exported):
+    parity = exported["fp32"].parity
+    assert parity["ok"]
+    for b in (1, 3, 8):
+        r = parity[f"batch_{b}"]
+        assert r["detections"] > 0
+        assert r["fraction"] >= 0.99 and r["max_score_diff"] < 1e-3
+
+
+def test_fp16_is_smaller_and_close(exported):
+    assert exported["fp16"].size_mb < 0.6 * exported["fp32"].size_mb
+    assert exported["fp16"].parity["ok"]
+    assert load_card(exported["fp16"].onnx_path).precision == "fp16"
+
+
+def test_batch_is_dynamic_and_empty_slice_agrees(exported, checkpoint):
+    card = load_card(exported["fp32"].onnx_path)
+    backend = OnnxRuntimeBackend(exported["fp32"].onnx_path, card)
+    slices = builtin_slices(SIZE, count=5)
+    reference = torch_outputs(checkpoint[1], slices)
+    for b in (1, 2, 5):
+        boxes, scores = backend.run(slices[:b, None])
+        assert boxes.shape == (b, 80, 4) and scores.shape == (b, 80)
+        r = compare(reference[:b], list(zip(boxes.astype(float), scores.astype(float))), 1e-3)
+        assert r["matched"] == r["detections"]
+    empty = np.zeros((1, 1, *SIZE), np.float32)
+    boxes, scores = backend.run(empty)
+    ref = torch_outputs(checkpoint[1], empty[:, 0])[0]
+    r = compare([ref], [(boxes[0].astype(float), scores[0].astype(float))], 1e-3)
+    assert r["matched"] == r["detections"] and r["unmatched_extra"] == 0
+
+
+def test_exported_model_runs_in_the_runtime(exported):
+    rng = np.random.default_rng(0)
+    stack = (rng.random((3, 200, 150)) * 1000).astype(np.uint16)  # larger than the input: tiled
+    result = SpineDetector(exported["fp32"].onnx_path, batch=4).detect(stack)
+    assert result.shape == (3, 200, 150)
+
+
+def test_cli_exports_and_fails_cleanly(checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(out), "--no-check", "-q"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.with_suffix(".json").exists()
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    result = CliRunner().invoke(app, [str(bad), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "bad.pt: not a spinedet checkpoint" in result.stderr
+    assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_engine_without_tensorrt_is_one_clear_line(checkpoint, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(tmp_path / "m.onnx"), "--no-check",
+                                      "--engine", "-q"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("spine-export: error: TensorRT is not installed: the native engine backend "
+                                     "needs an NVIDIA GPU, its driver and `pip install tensorrt cuda-python`")
+
+
+def test_missing_checkpoint():
+    with pytest.raises(SpineDetError, match="no such checkpoint"):
+        export_onnx("/nonexistent/ck.pt", "/tmp/never.onnx")
