@@ -200,3 +200,14 @@ def test_cli_runs_on_synthetic_data(tmp_path, capsys):
     assert code == 0
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
     assert "3d/synthetic" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_real2d_mdg_val_loads_normalised(shared_data):
+    pytest.importorskip("spinedet.training.labels")
+    samples = real2d_samples("val", root=shared_data / "real2d-mdg")
+    assert len(samples) == 15 and all(s.source == "real2d-mdg" for s in samples)
+    assert all(s.image.dtype == np.float32 and 0 <= s.image.min() and s.image.max() <= 1 for s in samples)
+    assert sum(len(s.boxes) for s in samples) > 50
+    h, w = samples[0].image.shape
+    assert all((s.boxes[:, 2] <= w).all() and (s.boxes[:, 3] <= h).all() for s in samples)

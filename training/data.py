@@ -130,28 +130,17 @@ def real2d_samples(split: str, root=None, low_percentile: float = 1.0, high_perc
             warnings.warn(f"real data folder {folder} is absent: skipping source {REAL2D_MDG}", stacklevel=2)
         return []
     try:
-        from spinedet.training.labels import load_real2d_mdg
+        from spinedet.training.labels import load_real2d_mdg, read_grey_image
     except ImportError as exc:
         if warn:
             warnings.warn(f"cannot load {REAL2D_MDG} ({exc}): skipping it", stacklevel=2)
         return []
     out = []
     for item in load_real2d_mdg(folder, split):
-        image, boxes, name = _real_item(item)
-        out.append(Sample(normalise_stack(image, low_percentile, high_percentile), _as_boxes(boxes),
-                          REAL2D_MDG, name))
+        image = read_grey_image(item.path)
+        out.append(Sample(normalise_stack(image, low_percentile, high_percentile), _as_boxes(item.boxes),
+                          REAL2D_MDG, f"{split}/{Path(item.path).name}"))
     return out
-
-
-def _real_item(item):
-    """``(image, boxes, name)`` from one item of the labels loader (object with attributes, dict or tuple)."""
-    if isinstance(item, dict):
-        return item["image"], item["boxes"], str(item.get("name", item.get("filename", "")))
-    if hasattr(item, "image"):
-        name = getattr(item, "name", None) or getattr(item, "filename", "")
-        return item.image, item.boxes, str(name)
-    image, boxes = item[0], item[1]
-    return image, boxes, str(item[2]) if len(item) > 2 else ""
 
 
 # --------------------------------------------------------------------------- sampling

@@ -55,6 +55,7 @@ class TrainOptions:
     val_every: validate (and checkpoint) every this many iterations; 0: only at the end.
     checkpoint_every: write ``last.pt`` every this many iterations (0: with validation only).
     warmup_iterations: linear learning-rate warm-up from lr/10 (0: constant lr, the paper's).
+    lr_drops: iterations at which the learning rate is divided by 10 (empty: constant, the paper's).
     score_threshold, max_area_px, nms_iom: the runtime's post-processing used for validation.
     """
 
@@ -64,6 +65,7 @@ class TrainOptions:
     momentum: float = 0.6
     weight_decay: float = 3e-6
     warmup_iterations: int = 0
+    lr_drops: tuple = ()
     seed: int = 0
     val_every: int = 500
     checkpoint_every: int = 0
@@ -173,9 +175,10 @@ def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
 
 
 def _lr_at(options: TrainOptions, iteration: int) -> float:
+    lr = options.lr * 0.1 ** sum(iteration >= d for d in options.lr_drops)
     if options.warmup_iterations and iteration < options.warmup_iterations:
-        return options.lr * (0.1 + 0.9 * iteration / options.warmup_iterations)
-    return options.lr
+        return lr * (0.1 + 0.9 * iteration / options.warmup_iterations)
+    return lr
 
 
 def _log(stream, text: str) -> None:
@@ -325,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=TrainOptions.momentum)
     t.add_argument("--weight-decay", type=float, default=TrainOptions.weight_decay)
     t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
+    t.add_argument("--lr-drop", type=_ints, default=(), help="iterations where lr is divided by 10, e.g. 2400")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=256, help="training crop size (0: whole images)")
     t.add_argument("--no-augment", action="store_true", help="no augmentation (crops only)")
@@ -353,7 +357,8 @@ def main(argv=None) -> int:
     aug = AugmentConfig.none(crop=args.crop or None) if args.no_augment else AugmentConfig(crop=args.crop or None)
     options = TrainOptions(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                            momentum=args.momentum, weight_decay=args.weight_decay,
-                           warmup_iterations=args.warmup, seed=args.seed, val_every=args.val_every,
+                           warmup_iterations=args.warmup, lr_drops=tuple(args.lr_drop), seed=args.seed,
+                           val_every=args.val_every,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                            source_weights=args.weights, augment=aug, threads=args.threads)
     t0 = time.perf_counter()
