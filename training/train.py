@@ -321,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--representation-size", type=int, default=ModelConfig.representation_size)
     m.add_argument("--input-size", type=int, default=512, help="model input (square) in pixels")
     m.add_argument("--frozen-stages", type=int, default=ModelConfig.frozen_stages)
+    m.add_argument("--roi-levels", default=",".join(ModelConfig.roi_levels),
+                   help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iterations", type=int, default=TrainOptions.iterations)
     t.add_argument("--batch-size", type=int, default=1)
@@ -353,7 +355,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
-                         frozen_stages=args.frozen_stages)
+                         frozen_stages=args.frozen_stages,
+                         roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = AugmentConfig.none(crop=args.crop or None) if args.no_augment else AugmentConfig(crop=args.crop or None)
     options = TrainOptions(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                            momentum=args.momentum, weight_decay=args.weight_decay,
