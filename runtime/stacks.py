@@ -12,9 +12,10 @@ with the voxel size in µm.  Accepted inputs:
 * a folder of per-slice PNG files named like the paper's data,
   ``<name>-<NN>.png``, where NN is the slice index.
 
-Slices are read one at a time: uncompressed contiguous TIFF data is
-memory-mapped, other TIFFs are read page by page, so a stack larger than
-memory can be processed.  Every problem is a one-line SpineDetError that
+Slices are read one at a time: from uncompressed contiguous TIFF data by
+reading just that slice's bytes (not a memory map, whose touched pages would
+count against the process's memory), from other TIFFs page by page, so a
+stack larger than memory can be processed in a small, constant footprint.  Every problem is a one-line SpineDetError that
 names the file.
 """
 
@@ -249,14 +250,26 @@ def _tiff_reader(tif, series, path):
     shape = tuple(series.shape)
     filesize = path.stat().st_size
     offset = getattr(series, "dataoffset", None)
-    if offset is not None:  # contiguous and uncompressed: memory-map it
+    if offset is not None:  # contiguous and uncompressed: read each slice's bytes directly
         dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if offset + nbytes > filesize:
             raise SpineDetError(f"file is truncated: image data needs {offset + nbytes} bytes, "
                                 f"the file has {filesize}", path)
-        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-        return lambda index: np.asarray(data[index])
+        y_axis = series.axes.index("Y")
+        plane_shape = shape[y_axis:]  # YX, YXS or similar: contiguous for a fixed leading index
+        plane_items = int(np.prod(plane_shape))
+
+        def read_plane(index):
+            first = int(np.ravel_multi_index(index[:y_axis], shape[:y_axis])) if y_axis else 0
+            with open(path, "rb") as handle:
+                handle.seek(offset + first * plane_items * dtype.itemsize)
+                plane = np.fromfile(handle, dtype=dtype, count=plane_items)
+            if plane.size != plane_items:
+                raise SpineDetError("file ended inside the image data", path)
+            return plane.reshape(plane_shape)[index[y_axis:]]
+
+        return read_plane
 
     pages = series.pages
     page_shape = tuple(series.keyframe.shape)
