@@ -95,6 +95,8 @@ def test_config_round_trip_and_validation():
     assert again == config and again.anchor_sizes == ((8,), (16,), (32,), (64,), (128,))
     assert ModelConfig().image_mean == pytest.approx(0.449) and ModelConfig().image_std == pytest.approx(0.226)
     assert config.image_mean == 0.5 and config.image_std == 0.5
+    card = config.to_card(name="x")
+    assert card.input_size == (512, 512) and card.max_detections == 80 and card.high_percentile == 99.8
     with pytest.raises(ValueError):
         ModelConfig(backbone="resnet50")
     with pytest.raises(ValueError):

@@ -146,6 +146,14 @@ class ModelConfig:
         """Gray std the model divides by (in 0..1 units)."""
         return _gray_stats(self.backbone)[1]
 
+    def to_card(self, **fields_):
+        """The runtime's :class:`~spinedet.runtime.contract.ModelCard` for this model (extra fields: name, metrics, ...)."""
+        from spinedet.runtime.contract import ModelCard
+
+        return ModelCard(input_size=self.input_size, pixel_size_um=self.pixel_size_um,
+                         low_percentile=self.low_percentile, high_percentile=self.high_percentile,
+                         max_detections=self.max_detections, **fields_)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["input_size"] = list(self.input_size)
