@@ -1,6 +1,92 @@
-"""Benchmarks run apart from the test suite: ``pytest bench/ --benchmark-only`` (see bench/README.md)."""
+"""Benchmarks, run apart from the test suite (see bench/README.md):
 
+    pytest bench/ --benchmark-only --benchmark-json=bench/results/latest.json
+
+Options: ``--onnx FILE`` (repeatable; default: the shipped model),
+``--checkpoint FILE`` (torch weights of the same model, for the torch-eager
+reference; skipped without it), ``--threads N`` (CPU threads for both
+onnxruntime and torch, default 2, recorded with every result).
+"""
+
+import re
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--onnx", action="append", default=[], help="ONNX model(s) to time (default: shipped)")
+    parser.addoption("--checkpoint", default=None, help="torch checkpoint of the same model (torch eager)")
+    parser.addoption("--threads", type=int, default=2, help="CPU threads for inference")
+
+
+@pytest.fixture(scope="session")
+def threads(request):
+    return request.config.getoption("--threads")
+
+
+@pytest.fixture(scope="session")
+def onnx_models(request):
+    from spinedet.runtime.detector import default_model_path
+
+    paths = [Path(p) for p in request.config.getoption("--onnx")] or [default_model_path()]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        pytest.skip(f"model file(s) {missing} not found")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def checkpoint(request):
+    path = request.config.getoption("--checkpoint")
+    if not path or not Path(path).is_file():
+        pytest.skip("no --checkpoint given: torch eager reference not measured")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def synthetic_stacks(tmp_path_factory):
+    """Synthetic 512x512 stacks of 30, 60 and 200 slices written as TIFF, by slice count."""
+    from spinedet.training.synth import make_stack, write_stack
+
+    folder = tmp_path_factory.mktemp("stacks")
+    out = {}
+    for n in (30, 60, 200):
+        stack = make_stack(n, shape=(n, 512, 512), pixel_size_um=0.1, z_step_um=0.5)
+        write_stack(stack, folder, f"synth{n}")
+        out[n] = folder / f"synth{n}.tif"
+    return out
+
+
+def run_measured(args, timeout=1800):
+    """Run ``spine-run args`` in a fresh process; return (wall seconds, peak RSS MB, summary dicts)."""
+    import json
+    import time
+
+    script = ("import re, sys\nfrom spinedet.runtime.cli import run_main\nsys.argv = ['spine-run'] + sys.argv[1:]\n"
+              "try:\n    run_main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+              "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+              "print('PEAK_KB', hwm, file=sys.stderr)\nsys.exit(code)\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    peak = int(re.search(r"PEAK_KB (\d+)", done.stderr).group(1)) / 1024
+    out = Path(args[args.index("--out") + 1])
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*_summary.json"))]
+    return wall, peak, summaries
+
+
+def per_slice(seconds: float, slices: int) -> float:
+    return seconds / max(slices, 1)
+
+
+def median(values):
+    return float(np.median(values))

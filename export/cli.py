@@ -26,6 +26,8 @@ def spine_export(
     batch_max: int = typer.Option(16, "--batch-max", min=1, help="Largest batch of the TensorRT profile."),
     engine: bool = typer.Option(False, "--engine", help="Also build (or reuse) a TensorRT engine."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare the graph with the torch model."),
+    proposals: Optional[int] = typer.Option(None, min=1, help="RPN proposals per slice at inference "
+                                            "(default: the checkpoint's, 1000)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Where TensorRT engines are cached."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -35,7 +37,7 @@ def spine_export(
     try:
         from .onnx_export import export_onnx
 
-        report = export_onnx(checkpoint, target, fp16=fp16, check=check, progress=say)
+        report = export_onnx(checkpoint, target, fp16=fp16, check=check, progress=say, proposals=proposals)
         say(f"{report.onnx_path}: {report.size_mb:.1f} MB, {report.precision}"
             + (f"; parity: {report.parity['summary']}" if report.parity else ""))
         if engine:

@@ -23,6 +23,7 @@ import torch
 
 from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, load_card
 from spinedet.runtime.errors import SpineDetError
+from spinedet.runtime.files import file_sha256
 
 from .graph import ExportableDetector
 from .hygiene import check_graph
@@ -67,8 +68,14 @@ def export_model(model, config, out_path, fp16: bool = False, batch_example: int
 
 
 def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, name: str | None = None,
-                progress=None) -> ExportReport:
-    """Export ``checkpoint`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail."""
+                progress=None, proposals: int | None = None) -> ExportReport:
+    """Export ``checkpoint`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail.
+
+    proposals: RPN proposals kept per slice after NMS at inference (default: the
+    checkpoint's, 1000 as in the paper).  The box head runs once per proposal,
+    so this is the main speed knob after the backbone; spines are at most a few
+    dozen per slice.
+    """
     from spinedet.training.model import load_checkpoint
 
     from .parity import parity_report
@@ -81,8 +88,16 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
     except Exception as exc:
         raise SpineDetError(f"not a spinedet checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
     model.eval()
+    if proposals is not None:
+        if proposals < 1:
+            raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
+        model.rpn._post_nms_top_n["testing"] = int(proposals)
     precision = "fp16" if fp16 else "fp32"
     card = card_for(config, precision, state.get("metrics"), name or out_path.stem)
+    card.export.update({"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
+                        "proposals_per_slice": int(model.rpn._post_nms_top_n["testing"]), "opset": OPSET,
+                        "backbone": config.backbone, "fpn_channels": config.fpn_channels,
+                        "roi_levels": list(config.roi_levels)})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
     os.close(fd)

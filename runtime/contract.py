@@ -47,6 +47,7 @@ class ModelCard:
     tile_overlap_px: overlap in model pixels between tiles of large images;
         must exceed the largest spine.
     metrics: measured validation metrics, free form, reported verbatim.
+    export: how the graph was made (source checkpoint, proposals per slice, opset), free form.
     """
 
     input_size: tuple[int, int] = (512, 512)
@@ -59,6 +60,7 @@ class ModelCard:
     name: str = "unnamed"
     precision: str = "fp32"
     metrics: dict = field(default_factory=dict)
+    export: dict = field(default_factory=dict)
     format: int = CARD_FORMAT
 
     def to_json(self) -> str:

@@ -8,6 +8,7 @@ interrupted run never leaves a half-written or partial set of outputs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -52,3 +53,12 @@ def write_all(contents: dict) -> list[Path]:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's contents, as hex (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

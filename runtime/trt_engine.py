@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .contract import INPUT_NAME
 from .errors import SpineDetError
+from .files import file_sha256
 
 MAGIC = b"SPINEDET-TRT-V1\x00"
 
@@ -46,14 +47,6 @@ class EngineKey:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def batch_profile(batch_max: int) -> tuple[int, int, int]:

@@ -29,7 +29,6 @@ gray std and never resizes the image (boxes come back in input pixels).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 from collections import OrderedDict
@@ -47,6 +46,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from spinedet.runtime.files import file_sha256
 
 CHECKPOINT_FORMAT = 1
 
@@ -219,11 +220,8 @@ def load_pretrained_state(backbone: str) -> dict:
 
 
 def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of a file (the runtime's implementation)."""
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- backbones
