@@ -35,8 +35,10 @@ def spine_export(
     say = (lambda text: None) if quiet else (lambda text: typer.echo(text, err=True))
     target = out or Path(checkpoint).with_suffix(".onnx")
     try:
-        from .onnx_export import export_onnx
-
+        try:
+            from .onnx_export import export_onnx
+        except ImportError:
+            raise SpineDetError("exporting needs torch, torchvision and onnx: pip install 'spinedet[export]'")
         report = export_onnx(checkpoint, target, fp16=fp16, check=check, progress=say, proposals=proposals)
         say(f"{report.onnx_path}: {report.size_mb:.1f} MB, {report.precision}"
             + (f"; parity: {report.parity['summary']}" if report.parity else ""))

@@ -40,3 +40,29 @@ print('ok')
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_training_and_export_commands_say_what_is_missing_without_torch(tmp_path):
+    script = BLOCK_TORCH + """
+import sys
+from spinedet.training.entry import train_main
+sys.argv = ['spine-train', '--out', 'x']
+try:
+    train_main()
+except SystemExit as exit:
+    print('exit', exit.code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "exit 2" in done.stdout
+    assert done.stderr.strip() == ("spine-train: error: training needs torch and torchvision: "
+                                   "pip install 'spinedet[train]'")
+    script = BLOCK_TORCH + """
+import sys
+from spinedet.export.cli import main
+sys.argv = ['spine-export', 'model.pt']
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "exporting needs torch, torchvision and onnx: pip install 'spinedet[export]'" in done.stderr
+    assert "Traceback" not in done.stderr
