@@ -31,15 +31,24 @@ def threads(request):
     return request.config.getoption("--threads")
 
 
-@pytest.fixture(scope="session")
-def onnx_models(request):
+def _model_paths(config):
     from spinedet.runtime.detector import default_model_path
 
-    paths = [Path(p) for p in request.config.getoption("--onnx")] or [default_model_path()]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"model file(s) {missing} not found")
-    return paths
+    return [Path(p) for p in config.getoption("--onnx")] or [default_model_path()]
+
+
+def pytest_generate_tests(metafunc):
+    """One benchmark per model given with --onnx (a benchmark fixture measures one thing per test)."""
+    if "onnx_model" in metafunc.fixturenames:
+        paths = _model_paths(metafunc.config)
+        metafunc.parametrize("onnx_model", paths, ids=[p.stem for p in paths])
+
+
+@pytest.fixture
+def onnx_model(request):
+    if not request.param.is_file():
+        pytest.skip(f"model file {request.param} not found")
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ STAGES = ("read", "infer", "postprocess", "track")
 
 
 @pytest.mark.parametrize("slices", (30, 60, 200))
-def test_spine_run_synthetic_stack(benchmark, synthetic_stacks, onnx_models, threads, tmp_path, slices):
-    model = onnx_models[0]
+def test_spine_run_synthetic_stack(benchmark, synthetic_stacks, onnx_model, threads, tmp_path, slices):
+    model = onnx_model
     results = []
 
     def run():
@@ -34,7 +34,7 @@ def test_spine_run_synthetic_stack(benchmark, synthetic_stacks, onnx_models, thr
         "seconds_per_slice": [round(r[0] / slices, 4) for r in results]})
 
 
-def test_spine_run_large_tiled_stack(benchmark, onnx_models, threads, tmp_path):
+def test_spine_run_large_tiled_stack(benchmark, onnx_model, threads, tmp_path):
     path = tmp_path / "large.tif"
     rng = np.random.default_rng(0)
     tifffile.imwrite(path, shape=(40, 2048, 2048), dtype=np.uint16, imagej=True,
@@ -47,7 +47,7 @@ def test_spine_run_large_tiled_stack(benchmark, onnx_models, threads, tmp_path):
     results = []
 
     def run():
-        results.append(run_measured([path, "--model", onnx_models[0], "--out", tmp_path / "out", "--quiet",
+        results.append(run_measured([path, "--model", onnx_model, "--out", tmp_path / "out", "--quiet",
                                      "--threads", threads]))
 
     benchmark.group = "end to end"

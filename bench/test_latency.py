@@ -24,17 +24,16 @@ def slices(batch, size, seed=0):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_onnxruntime_cpu(benchmark, onnx_models, threads, batch):
-    for path in onnx_models:
-        card = load_card(path)
-        backend = OnnxRuntimeBackend(path, card, "cpu", threads)
-        data = slices(batch, card.input_size)
-        backend.run(data)  # warm-up
-        benchmark.group = f"latency batch {batch}"
-        benchmark.name = f"onnxruntime cpu {card.precision} {path.name} batch {batch}"
-        benchmark.extra_info.update({"slices_per_call": batch, "threads": threads, "precision": card.precision,
-                                     "model": str(path), "paper_s_per_slice": PAPER_SECONDS_PER_SLICE})
-        benchmark.pedantic(backend.run, args=(data,), rounds=5 if batch <= 4 else 3, iterations=1)
+def test_onnxruntime_cpu(benchmark, onnx_model, threads, batch):
+    card = load_card(onnx_model)
+    backend = OnnxRuntimeBackend(onnx_model, card, "cpu", threads)
+    data = slices(batch, card.input_size)
+    backend.run(data)  # warm-up
+    benchmark.group = f"latency batch {batch}"
+    benchmark.name = f"onnxruntime cpu {card.precision} {onnx_model.name} batch {batch}"
+    benchmark.extra_info.update({"slices_per_call": batch, "threads": threads, "precision": card.precision,
+                                 "model": str(onnx_model), "paper_s_per_slice": PAPER_SECONDS_PER_SLICE})
+    benchmark.pedantic(backend.run, args=(data,), rounds=5 if batch <= 4 else 3, iterations=1)
 
 
 TORCH_WORKER = """
