@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, ModelCard, load_card
+from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, load_card
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.files import file_sha256
 
@@ -37,24 +38,13 @@ class ExportReport:
     card_path: Path
     size_mb: float
     precision: str
-    problems: list = field(default_factory=list)
     parity: dict | None = None
-
-
-def card_for(config, precision: str, metrics: dict | None = None, name: str = "spinedet") -> ModelCard:
-    """The runtime's model card for a training ``ModelConfig``."""
-    return ModelCard(input_size=tuple(config.input_size), pixel_size_um=config.pixel_size_um,
-                     low_percentile=config.low_percentile, high_percentile=config.high_percentile,
-                     max_detections=config.max_detections, name=name, precision=precision,
-                     tile_overlap_px=min(64, min(config.input_size) // 4), metrics=dict(metrics or {}))
 
 
 def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2) -> list[str]:
     """Trace ``model`` (a torchvision FasterRCNN built from ``config``) to ``out_path``; return hygiene problems."""
     wrapper = ExportableDetector(model, config.input_size, half=fp16).eval()
     example = torch.zeros(batch_example, 1, *config.input_size)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about Python constants, all intended
         torch.onnx.export(
@@ -93,7 +83,8 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
             raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
         model.rpn._post_nms_top_n["testing"] = int(proposals)
     precision = "fp16" if fp16 else "fp32"
-    card = card_for(config, precision, state.get("metrics"), name or out_path.stem)
+    card = config.to_card(name=name or out_path.stem, precision=precision, metrics=dict(state.get("metrics") or {}),
+                          tile_overlap_px=min(64, min(config.input_size) // 4))
     card.export.update({"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                         "proposals_per_slice": int(model.rpn._post_nms_top_n["testing"]), "opset": OPSET,
                         "backbone": config.backbone, "fpn_channels": config.fpn_channels,
@@ -126,5 +117,4 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
         for leftover in (tmp, tmp.with_suffix(".json")):
             if leftover.exists():
                 leftover.unlink()
-    return ExportReport(out_path, out_path.with_suffix(".json"), out_path.stat().st_size / 1e6, precision,
-                        [], parity)
+    return ExportReport(out_path, out_path.with_suffix(".json"), out_path.stat().st_size / 1e6, precision, parity)
