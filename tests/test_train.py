@@ -177,7 +177,7 @@ def test_short_training_learns_an_obvious_spine():
 def _tiny_run(out_dir, iterations, resume=None, checkpoint_every=0):
     rng = np.random.default_rng(1)
     samples = [toy_sample(rng) for _ in range(4)]
-    config = ModelConfig(pretrained=False, fpn_channels=16, representation_size=32, input_size=(128, 128))
+    config = ModelConfig(backbone="mobilenet_v2", pretrained=False, fpn_channels=16, representation_size=32, input_size=(128, 128))
     options = TrainOptions(iterations=iterations, val_every=0, log_every=0, seed=5,
                            checkpoint_every=checkpoint_every, augment=A.AugmentConfig(crop=96))
     return train(config, options, {"toy": samples}, out_dir=out_dir, resume=resume, log=None)
@@ -194,7 +194,7 @@ def test_resume_gives_the_same_next_loss(tmp_path):
 
 def test_cli_runs_on_synthetic_data(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["--out", str(out), "--scratch", "--fpn-channels", "16", "--representation-size", "32",
+    code = main(["--out", str(out), "--backbone", "mobilenet_v2", "--scratch", "--fpn-channels", "16", "--representation-size", "32",
                  "--iterations", "2", "--val-every", "2", "--synthetic-train", "1", "--synthetic-val", "1",
                  "--synthetic-shape", "3,96,96", "--crop", "64", "--input-size", "96", "--no-real"])
     assert code == 0
@@ -211,3 +211,15 @@ def test_real2d_mdg_val_loads_normalised(shared_data):
     assert sum(len(s.boxes) for s in samples) > 50
     h, w = samples[0].image.shape
     assert all((s.boxes[:, 2] <= w).all() and (s.boxes[:, 3] <= h).all() for s in samples)
+
+
+def test_recipes_fill_unset_flags():
+    from spinedet.training.train import _parser, settings
+
+    config, options = settings(_parser().parse_args(["--out", "x", "--recipe", "cpu", "--iterations", "3000"]))
+    assert (options.lr, options.momentum, options.warmup_iterations, options.lr_drops) == (5e-3, 0.9, 100, (2400,))
+    _, options = settings(_parser().parse_args(["--out", "x"]))
+    assert (options.lr, options.momentum, options.weight_decay, options.batch_size) == (1e-3, 0.6, 3e-6, 1)
+    assert options.lr_drops == () and options.loss_weights == {"loss_rpn_box_reg": 2.0}
+    _, options = settings(_parser().parse_args(["--out", "x", "--recipe", "cpu", "--lr", "0.01", "--lr-drop", "5"]))
+    assert options.lr == 0.01 and options.lr_drops == (5,) and options.momentum == 0.9
