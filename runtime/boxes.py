@@ -12,11 +12,11 @@ lies inside a larger one.
 import numpy as np
 
 
-def as_boxes(boxes) -> np.ndarray:
-    """``boxes`` as a float64 array of shape ``(N, 4)`` (an empty input gives ``(0, 4)``)."""
-    array = np.asarray(boxes, dtype=np.float64)
+def as_boxes(boxes, dtype=np.float64) -> np.ndarray:
+    """``boxes`` as an array of shape ``(N, 4)`` (float64 unless ``dtype`` says; empty input gives ``(0, 4)``)."""
+    array = np.asarray(boxes, dtype=dtype)
     if array.size == 0:
-        return np.zeros((0, 4))
+        return np.zeros((0, 4), dtype=dtype)
     return array.reshape(-1, 4)
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spinedet.runtime.boxes import as_boxes
+
 
 @dataclass
 class AugmentConfig:
@@ -63,11 +65,6 @@ class AugmentConfig:
                    p_intensity=0.0, p_quantise=0.0)
 
 
-def _boxes(boxes) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float32)
-    return b.reshape(-1, 4) if b.size else np.zeros((0, 4), np.float32)
-
-
 # --------------------------------------------------------------------------- geometry
 
 
@@ -78,7 +75,7 @@ def dihedral(image: np.ndarray, boxes, k: int):
     spans ``[i, i+1)``).
     """
     image = np.asarray(image)
-    b = _boxes(boxes).copy()
+    b = as_boxes(boxes, np.float32).copy()
     if k & 1:
         image = image.T
         b = b[:, [1, 0, 3, 2]]
@@ -100,10 +97,10 @@ def rescale(image: np.ndarray, boxes, scale: float):
     h, w = image.shape
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (nh, nw) == (h, w):
-        return image, _boxes(boxes)
+        return image, as_boxes(boxes, np.float32)
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     out = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
-    b = _boxes(boxes) * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
+    b = as_boxes(boxes, np.float32) * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
     return out[0, 0].numpy(), b
 
 
@@ -119,7 +116,7 @@ def crop(image: np.ndarray, boxes, y0: int, x0: int, size: int, min_box_fraction
     ye, xe = min(h, y0 + size), min(w, x0 + size)
     if ye > ys and xe > xs:
         out[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
-    b = _boxes(boxes) - np.array([x0, y0, x0, y0], dtype=np.float32)
+    b = as_boxes(boxes, np.float32) - np.array([x0, y0, x0, y0], dtype=np.float32)
     area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     clipped = np.clip(b, 0, size)
     inner = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(clipped[:, 3] - clipped[:, 1], 0, None)
@@ -132,7 +129,7 @@ def random_crop(image: np.ndarray, boxes, size: int, rng: np.random.Generator, p
                 min_box_fraction: float = 0.5):
     """A random ``size`` square; with probability ``p_box_centred`` it contains a random box."""
     h, w = image.shape
-    b = _boxes(boxes)
+    b = as_boxes(boxes, np.float32)
     if len(b) and rng.random() < p_box_centred:
         x0b, y0b, x1b, y1b = b[rng.integers(len(b))]
         # any window that contains the box (as far as the image allows)
@@ -204,7 +201,7 @@ def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None
     """
     cfg = config or AugmentConfig()
     image = np.asarray(image, dtype=np.float32)
-    b = _boxes(boxes)
+    b = as_boxes(boxes, np.float32)
     draws = rng.random(6)
     if draws[0] < cfg.p_rescale:
         lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spinedet.runtime.boxes import as_boxes
 from spinedet.runtime.contract import ModelCard, intensity_range, normalise
 from spinedet.runtime.tables import BoxTable
 
@@ -77,17 +78,12 @@ def normalise_stack(image, low_percentile: float = 1.0, high_percentile: float =
     return normalise(image, low, high)
 
 
-def _as_boxes(boxes) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float32)
-    return b.reshape(-1, 4) if b.size else np.zeros((0, 4), np.float32)
-
-
 def samples_from_stack(image_norm: np.ndarray, table: BoxTable, source: str, name: str,
                        empty_slices: bool = True) -> list[Sample]:
     """One :class:`Sample` per slice of a normalised stack; ``empty_slices=False`` drops slices without spines."""
     out = []
     for z in range(image_norm.shape[0]):
-        boxes = _as_boxes(table.boxes[table.z == z])
+        boxes = as_boxes(table.boxes[table.z == z], np.float32)
         if len(boxes) or empty_slices:
             out.append(Sample(image_norm[z], boxes, source, f"{name}[{z}]"))
     return out
@@ -138,7 +134,7 @@ def real2d_samples(split: str, root=None, low_percentile: float = 1.0, high_perc
     out = []
     for item in load_real2d_mdg(folder, split):
         image = read_grey_image(item.path)
-        out.append(Sample(normalise_stack(image, low_percentile, high_percentile), _as_boxes(item.boxes),
+        out.append(Sample(normalise_stack(image, low_percentile, high_percentile), as_boxes(item.boxes, np.float32),
                           REAL2D_MDG, f"{split}/{Path(item.path).name}"))
     return out
 
