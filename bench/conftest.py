@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +90,3 @@ def run_measured(args, timeout=1800):
     out = Path(args[args.index("--out") + 1])
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*_summary.json"))]
     return wall, peak, summaries
-
-
-def per_slice(seconds: float, slices: int) -> float:
-    return seconds / max(slices, 1)
-
-
-def median(values):
-    return float(np.median(values))

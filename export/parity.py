@@ -25,12 +25,10 @@ BATCHES = (1, 3, 8)
 def builtin_slices(size, count: int = 8, seed: int = 0) -> np.ndarray:
     """``(count, H, W)`` normalised slices: synthetic two-photon slices (or simple blobs) and one empty slice."""
     try:
+        from spinedet.training.data import normalise_stack
         from spinedet.training.synth import make_stack
 
-        stack = make_stack(seed, shape=(count - 1, *size))
-        image = stack.image.astype(np.float32)
-        low, high = np.percentile(image, [1.0, 99.8])
-        slices = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+        slices = normalise_stack(make_stack(seed, shape=(count - 1, *size)).image)
     except Exception:  # the generator is optional: blobs on a line will do
         rng = np.random.default_rng(seed)
         yy, xx = np.mgrid[0:size[0], 0:size[1]]

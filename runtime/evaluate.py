@@ -79,7 +79,8 @@ def iom_3d(a: Spines3D, b: Spines3D) -> np.ndarray:
     return out
 
 
-def _scores(tp: int, fp: int, fn: int) -> dict:
+def scores_from_counts(tp: int, fp: int, fn: int) -> dict:
+    """``{tp, fp, fn, precision, recall, f1}`` from the counts (F1 = 2 TP / (2 TP + FP + FN))."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
@@ -120,7 +121,7 @@ def f1_3d(pred: BoxTable, gt: BoxTable, match_iom: float = MATCH_IOM,
         tp += int(hit.any(axis=1).sum())
         fp += int((~hit.any(axis=1)).sum())
         fn += int((~hit.any(axis=0)).sum())
-    return _scores(tp, fp, fn)
+    return scores_from_counts(tp, fp, fn)
 
 
 def f1_2d(pred_boxes, gt_boxes, match_iom: float = MATCH_IOM) -> dict:
@@ -138,7 +139,7 @@ def f1_2d(pred_boxes, gt_boxes, match_iom: float = MATCH_IOM) -> dict:
         tp += len(rows)
         fp += len(p) - len(rows)
         fn += len(g) - len(rows)
-    return _scores(tp, fp, fn)
+    return scores_from_counts(tp, fp, fn)
 
 
 def f1_2d_tables(pred: BoxTable, gt: BoxTable, match_iom: float = MATCH_IOM,

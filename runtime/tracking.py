@@ -47,13 +47,6 @@ class Track:
     def last_box(self) -> np.ndarray:
         return self.boxes[-1]
 
-    def mean_box(self) -> np.ndarray:
-        """The z-averaged box ``(4,)`` in pixels (mean over the detected slices)."""
-        return np.mean(np.asarray(self.boxes), axis=0)
-
-    def mean_score(self) -> float:
-        return float(np.mean(self.scores))
-
 
 class SliceTracker:
     """Streaming tracker: call :meth:`add_slice` for each slice in order, then :meth:`finish`.

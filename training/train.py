@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinedet.runtime.evaluate import f1_2d, f1_3d
+from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.postprocess import filter_detections
 from spinedet.runtime.tracking import track_slices
 
@@ -136,14 +136,7 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions) -> tuple[d
         for z, (boxes, _) in enumerate(post):
             pred_2d.append(boxes)
             gt_2d.append(stack.table.boxes[stack.table.z == z])
-    return _scores(**totals3), f1_2d(pred_2d, gt_2d)
-
-
-def _scores(tp: int, fp: int, fn: int) -> dict:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
+    return scores_from_counts(**totals3), f1_2d(pred_2d, gt_2d)
 
 
 def validate(model, val_2d: dict, val_3d: list[ValStack], options: TrainOptions) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.errors import SpineDetError
-from spinedet.runtime.evaluate import f1_2d, f1_3d
+from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.stacks import read_image
 
 from .synth import make_stack
@@ -43,9 +43,8 @@ VALIDATION_SEED = 9_000_000  # training uses small seeds; these stacks are never
 
 
 def _summed(scores: list[dict]) -> dict:
-    tp, fp, fn = (sum(s[k] for s in scores) for k in ("tp", "fp", "fn"))
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    """Precision, recall and F1 of TP/FP/FN summed over several stacks."""
+    return scores_from_counts(*(sum(s[k] for s in scores) for k in ("tp", "fp", "fn")))
 
 
 def synthetic_f1_3d(detector: SpineDetector, stacks_per_setting: int = 3, shape=(20, 512, 512)) -> dict:
