@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from spinedet.runtime.tables import read_box_table
-from spinedet.training.synth import SynthParams, main, make_stack, render_alone, write_stack
+from spinedet.training.synth import SynthParams, distractor_boxes, main, make_stack, render_alone, write_stack
 
 # bright enough that most spines in focus pass the noise test; 0.1 µm pixels, 0.5 µm slices
 BRIGHT = dict(signal_photons=300.0, pixel_size_um=0.1, z_step_um=0.5, spines_per_um=1.0, dendrite_count=2)
@@ -116,6 +116,26 @@ def test_distractors_get_no_boxes():
     assert len(s.table) == 0 and s.spines == []
     assert len(s.scene.distractors()) > 3
     assert s.image.max() > 4 * np.median(s.image)         # there is bright structure to ignore
+
+
+def test_distractor_boxes_sit_on_bright_look_alikes():
+    s = make_stack(11, (8, 96, 96), spines_per_um=0.0, axon_count=3, puncta_per_100um2=1.5,
+                   terminal_bouton_fraction=0.5, signal_photons=300.0, pixel_size_um=0.1)
+    per_slice = distractor_boxes(s)
+    assert len(per_slice) == 8 and sum(len(b) for b in per_slice) > 0
+    balls = render_alone(s, s.scene.boutons + s.scene.puncta)       # noise-free dye of the look-alikes
+    for z, boxes in enumerate(per_slice):
+        assert boxes.dtype == np.float32 and boxes.shape[1:] == (4,)
+        assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 96).all() and (boxes[:, [1, 3]] <= 96).all()
+        covered = np.zeros((96, 96), bool)
+        for x0, y0, x1, y1 in boxes:
+            covered[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+            assert balls[z, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].max() > 0   # on a ball
+        # every bright look-alike pixel of the slice is in a box
+        assert covered[balls[z] > 0.5 * balls.max()].all()
+    # a slice far from every ball lists none of them
+    far = make_stack(11, (8, 96, 96), spines_per_um=0.0, axon_count=0, puncta_per_100um2=0.0)
+    assert all(len(b) == 0 for b in distractor_boxes(far))
 
 
 def test_pixel_size_changes_the_image_consistently():

@@ -62,6 +62,29 @@ def test_crop_and_rescale_keep_boxes_consistent():
     assert len(b) == 0 and out.shape == (32, 32) and out[:10].sum() == 0
 
 
+def test_crops_centre_on_hard_negatives_when_asked():
+    image = np.zeros((512, 512), np.float32)
+    spine = np.array([[20, 20, 30, 30]], np.float32)
+    negative = np.array([[400, 450, 412, 462]], np.float32)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        image[:] = 0
+        image[450:462, 400:412] = 1                      # the look-alike
+        out, boxes = A.random_crop(image, spine, 128, rng, p_box_centred=0.0, negatives=negative,
+                                   p_negative_centred=1.0)
+        assert out.sum() == 144 and len(boxes) == 0      # the whole look-alike, no spine label
+    # without negatives (or with p = 0) the crop goes where it went before
+    a = A.random_crop(image, spine, 128, np.random.default_rng(1), 0.5)
+    b = A.random_crop(image, spine, 128, np.random.default_rng(1), 0.5, negatives=negative, p_negative_centred=0.0)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # augment rescales the negatives with the image: the look-alike stays in the crop
+    cfg = A.AugmentConfig(crop=128, p_box_centred=0.0, p_negative_centred=1.0, p_rescale=1.0, dihedral=False,
+                          p_noise=0.0, p_blur=0.0, p_intensity=0.0, p_quantise=0.0)
+    for seed in range(10):
+        out, _ = A.augment(image, spine, np.random.default_rng(seed), cfg, negatives=negative)
+        assert out.max() > 0.5
+
+
 def test_augment_is_seeded_and_stays_in_range():
     image = np.random.default_rng(0).random((200, 200)).astype(np.float32)
     boxes = np.array([[50, 50, 70, 66], [120, 10, 140, 30]], np.float32)

@@ -32,6 +32,9 @@ class AugmentConfig:
     crop: side of the square training crop in pixels (None: keep the whole image;
         a smaller image is padded with background).
     p_box_centred: probability that the crop is placed around a random box rather than uniformly.
+    p_negative_centred: probability that the crop is placed around a random *negative* box
+        (a spine look-alike that is not a spine: a hard negative) where the sample lists any;
+        tried before ``p_box_centred``.
     p_rescale, scale_range: probability and range (log-uniform) of the pixel-size jitter.
     dihedral: apply one of the 8 orientations uniformly.
     p_noise, noise_sigma: Gaussian white noise (sigma uniform in range, 0..1 units).
@@ -43,6 +46,7 @@ class AugmentConfig:
 
     crop: int | None = 256
     p_box_centred: float = 0.5
+    p_negative_centred: float = 0.25
     p_rescale: float = 0.5
     scale_range: tuple = (0.75, 1.33)
     dihedral: bool = True
@@ -61,7 +65,7 @@ class AugmentConfig:
     @classmethod
     def none(cls, crop: int | None = None) -> "AugmentConfig":
         """No augmentation at all (optionally still cropping)."""
-        return cls(crop=crop, p_box_centred=0.0, p_rescale=0.0, dihedral=False, p_noise=0.0, p_blur=0.0,
+        return cls(crop=crop, p_box_centred=0.0, p_negative_centred=0.0, p_rescale=0.0, dihedral=False, p_noise=0.0, p_blur=0.0,
                    p_intensity=0.0, p_quantise=0.0)
 
 
@@ -125,20 +129,33 @@ def crop(image: np.ndarray, boxes, y0: int, x0: int, size: int, min_box_fraction
     return out, clipped[keep]
 
 
+def _window_around(box, size: int, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
+    """``(y0, x0)`` of a random ``size`` window that contains ``box`` (as far as the image allows)."""
+    x0b, y0b, x1b, y1b = box
+    y_lo, y_hi = int(np.ceil(y1b)) - size, int(np.floor(y0b))
+    x_lo, x_hi = int(np.ceil(x1b)) - size, int(np.floor(x0b))
+    y_lo, y_hi = max(y_lo, min(0, h - size)), min(y_hi, max(0, h - size))
+    x_lo, x_hi = max(x_lo, min(0, w - size)), min(x_hi, max(0, w - size))
+    y0 = int(rng.integers(min(y_lo, y_hi), max(y_lo, y_hi) + 1))
+    x0 = int(rng.integers(min(x_lo, x_hi), max(x_lo, x_hi) + 1))
+    return y0, x0
+
+
 def random_crop(image: np.ndarray, boxes, size: int, rng: np.random.Generator, p_box_centred: float = 0.5,
-                min_box_fraction: float = 0.5):
-    """A random ``size`` square; with probability ``p_box_centred`` it contains a random box."""
+                min_box_fraction: float = 0.5, negatives=None, p_negative_centred: float = 0.0):
+    """A random ``size`` square and its boxes.
+
+    With probability ``p_negative_centred`` (only where ``negatives`` (M, 4)
+    lists any) it contains a random negative box, else with probability
+    ``p_box_centred`` a random box, else it is placed uniformly.
+    """
     h, w = image.shape
     b = as_boxes(boxes, np.float32)
-    if len(b) and rng.random() < p_box_centred:
-        x0b, y0b, x1b, y1b = b[rng.integers(len(b))]
-        # any window that contains the box (as far as the image allows)
-        y_lo, y_hi = int(np.ceil(y1b)) - size, int(np.floor(y0b))
-        x_lo, x_hi = int(np.ceil(x1b)) - size, int(np.floor(x0b))
-        y_lo, y_hi = max(y_lo, min(0, h - size)), min(y_hi, max(0, h - size))
-        x_lo, x_hi = max(x_lo, min(0, w - size)), min(x_hi, max(0, w - size))
-        y0 = int(rng.integers(min(y_lo, y_hi), max(y_lo, y_hi) + 1))
-        x0 = int(rng.integers(min(x_lo, x_hi), max(x_lo, x_hi) + 1))
+    neg = as_boxes(negatives if negatives is not None else np.zeros((0, 4)), np.float32)
+    if len(neg) and p_negative_centred > 0 and rng.random() < p_negative_centred:
+        y0, x0 = _window_around(neg[rng.integers(len(neg))], size, h, w, rng)
+    elif len(b) and rng.random() < p_box_centred:
+        y0, x0 = _window_around(b[rng.integers(len(b))], size, h, w, rng)
     else:
         y0 = int(rng.integers(0, h - size + 1)) if h > size else -int(rng.integers(0, size - h + 1))
         x0 = int(rng.integers(0, w - size + 1)) if w > size else -int(rng.integers(0, size - w + 1))
@@ -192,12 +209,13 @@ def _uniform(rng, lo_hi) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None = None):
+def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None = None, negatives=None):
     """One random augmentation of ``(image, boxes)``; returns new ``(image float32, boxes float32 (M, 4))``.
 
     Order: rescale, crop, orientation, intensity jitter, quantisation, blur,
     noise, clip to 0..1.  The result depends only on the inputs and the
-    state of ``rng``.
+    state of ``rng``.  ``negatives`` (M, 4): hard-negative boxes that only
+    steer where the crop goes (``config.p_negative_centred``).
     """
     cfg = config or AugmentConfig()
     image = np.asarray(image, dtype=np.float32)
@@ -205,9 +223,14 @@ def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None
     draws = rng.random(6)
     if draws[0] < cfg.p_rescale:
         lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])
+        h, w = image.shape
         image, b = rescale(image, b, float(np.exp(rng.uniform(lo, hi))))
+        if negatives is not None:
+            nh, nw = image.shape
+            negatives = as_boxes(negatives, np.float32) * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
     if cfg.crop is not None:
-        image, b = random_crop(image, b, cfg.crop, rng, cfg.p_box_centred, cfg.min_box_fraction)
+        image, b = random_crop(image, b, cfg.crop, rng, cfg.p_box_centred, cfg.min_box_fraction,
+                               negatives, cfg.p_negative_centred)
     if cfg.dihedral:
         image, b = dihedral(image, b, int(rng.integers(8)))
     if draws[1] < cfg.p_intensity:

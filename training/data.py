@@ -44,12 +44,17 @@ def data_root() -> Path:
 
 @dataclass
 class Sample:
-    """One training/validation image: ``image`` (H, W) float32 in 0..1, ``boxes`` (N, 4) float32 pixels."""
+    """One training/validation image: ``image`` (H, W) float32 in 0..1, ``boxes`` (N, 4) float32 pixels.
+
+    ``negatives`` (M, 4) pixels, optional: where spine look-alikes that are
+    not spines lie (hard negatives for crop placement; never labels).
+    """
 
     image: np.ndarray
     boxes: np.ndarray
     source: str = ""
     name: str = ""
+    negatives: np.ndarray | None = None
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ValStack:
     image: np.ndarray
     table: BoxTable
     voxel_size: tuple = (1.0, 0.1, 0.1)
+    negatives: list | None = None  # per slice (M, 4) pixels: spine look-alikes (see Sample)
 
 
 def _card(low_percentile: float, high_percentile: float) -> ModelCard:
@@ -79,13 +85,17 @@ def normalise_stack(image, low_percentile: float = 1.0, high_percentile: float =
 
 
 def samples_from_stack(image_norm: np.ndarray, table: BoxTable, source: str, name: str,
-                       empty_slices: bool = True) -> list[Sample]:
-    """One :class:`Sample` per slice of a normalised stack; ``empty_slices=False`` drops slices without spines."""
+                       empty_slices: bool = True, negatives: list | None = None) -> list[Sample]:
+    """One :class:`Sample` per slice of a normalised stack; ``empty_slices=False`` drops slices without spines.
+
+    ``negatives``: optional per-slice hard-negative boxes (see :class:`Sample`).
+    """
     out = []
     for z in range(image_norm.shape[0]):
         boxes = as_boxes(table.boxes[table.z == z], np.float32)
         if len(boxes) or empty_slices:
-            out.append(Sample(image_norm[z], boxes, source, f"{name}[{z}]"))
+            out.append(Sample(image_norm[z], boxes, source, f"{name}[{z}]",
+                              None if negatives is None else negatives[z]))
     return out
 
 
@@ -95,13 +105,14 @@ def samples_from_stack(image_norm: np.ndarray, table: BoxTable, source: str, nam
 def synthetic_stacks(count: int, seed: int, shape=(20, 512, 512), low_percentile: float = 1.0,
                      high_percentile: float = 99.8, **overrides) -> list[ValStack]:
     """``count`` synthetic stacks from seeds ``[seed, i]``, normalised; ``overrides`` go to ``make_stack``."""
-    from spinedet.training.synth import make_stack
+    from spinedet.training.synth import distractor_boxes, make_stack
 
     stacks = []
     for i in range(count):
         stack = make_stack(np.random.default_rng([seed, i]), tuple(shape), **overrides)
         image = normalise_stack(stack.image, low_percentile, high_percentile)
-        stacks.append(ValStack(f"synth_{seed}_{i:03d}", image, stack.table, tuple(stack.voxel_size)))
+        stacks.append(ValStack(f"synth_{seed}_{i:03d}", image, stack.table, tuple(stack.voxel_size),
+                               distractor_boxes(stack)))
     return stacks
 
 
@@ -110,7 +121,7 @@ def synthetic_samples(count: int, seed: int, shape=(20, 512, 512), low_percentil
     """The slices of ``count`` synthetic stacks as samples (source ``synthetic``)."""
     out = []
     for stack in synthetic_stacks(count, seed, shape, low_percentile, high_percentile, **overrides):
-        out += samples_from_stack(stack.image, stack.table, SYNTHETIC, stack.name, empty_slices)
+        out += samples_from_stack(stack.image, stack.table, SYNTHETIC, stack.name, empty_slices, stack.negatives)
     return out
 
 

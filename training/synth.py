@@ -826,6 +826,33 @@ def make_stack(seed=0, shape=(30, 512, 512), **overrides) -> SynthStack:
                       grid, floor.astype(np.float64))
 
 
+def distractor_boxes(stack: SynthStack) -> list:
+    """Boxes around the spine look-alikes (boutons and puncta) in each slice, for hard-negative crops.
+
+    Returns a list of ``Z`` arrays ``(N, 4)`` in pixels (x_min, y_min, x_max,
+    y_max).  A ball is listed in slice ``k`` when the slice lies within its
+    radius plus two axial PSF sigmas; its box is its centre ± (radius + 2
+    lateral PSF sigmas), clipped to the image.  These are *not* labels: they
+    only say where training crops can find something spine-like that is not
+    a spine.
+    """
+    grid = stack.grid
+    balls = list(stack.scene.boutons) + list(stack.scene.puncta)
+    z_um = grid.slice_z_um()
+    height, width = grid.shape[1:]
+    if not balls:
+        return [np.zeros((0, 4), np.float32) for _ in z_um]
+    centre = np.array([b.centre for b in balls], dtype=np.float64)        # (N, 3) z, y, x µm
+    radius = np.array([b.radius for b in balls], dtype=np.float64)
+    half = (radius + 2.0 * grid.sigma_xy_um) / grid.pixel_um
+    cy, cx = centre[:, 1] / grid.pixel_um, centre[:, 2] / grid.pixel_um
+    boxes = np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    inside = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
+    reach = radius + 2.0 * grid.sigma_z_um
+    return [boxes[inside & (np.abs(centre[:, 0] - z) <= reach)].astype(np.float32) for z in z_um]
+
+
 def _detect(rng, expected: np.ndarray, p: SynthParams) -> np.ndarray:
     """The detector: Poisson photons plus read noise, gain, offset, clipped to the bit depth.
 

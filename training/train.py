@@ -189,13 +189,15 @@ def _log(stream, text: str) -> None:
 
 
 def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2d: dict | None = None,
-          val_3d: list | None = None, out_dir=None, resume=None, log="stderr") -> dict:
+          val_3d: list | None = None, out_dir=None, resume=None, init=None, log="stderr") -> dict:
     """Train a detector; return ``{"model", "config", "losses", "metrics", "best", "iteration"}``.
 
     train_sources: source name -> list of :class:`Sample` (weighted by ``options.source_weights``).
     val_2d: source name -> validation samples; val_3d: synthetic :class:`ValStack` list.
     out_dir: where ``last.pt``, ``best.pt``, ``metrics.jsonl`` go (None: nothing is written).
     resume: a ``last.pt`` to continue from (its model config wins over ``config``).
+    init: a checkpoint whose weights (and model config) start a new run: fine-tuning,
+        with a fresh optimizer, schedule and iteration count (ignored with ``resume``).
     log: a text stream for progress lines, "stderr" (the default) or None.
     ``losses`` lists the total loss of every iteration run in this call.
     """
@@ -211,6 +213,9 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
         if saved_config.to_dict() != config.to_dict():
             warnings.warn("resuming: the checkpoint's model config replaces the one given", stacklevel=2)
         config = saved_config
+    elif init is not None:
+        model, config, _ = load_checkpoint(init)
+        state = None
     else:
         model, state = build_model(config, pretrained=True), None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -242,7 +247,7 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
         images, targets = [], []
         for _ in range(options.batch_size):
             sample = sampler.draw(rng)
-            image, boxes = augment(sample.image, sample.boxes, rng, options.augment)
+            image, boxes = augment(sample.image, sample.boxes, rng, options.augment, sample.negatives)
             images.append(_to_tensor(image))
             targets.append(_target(boxes))
         losses = model(images, targets)
@@ -318,6 +323,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="run folder for checkpoints and metrics (e.g. runs/mnv2)")
     p.add_argument("--resume", default=None, help="continue from this last.pt")
+    p.add_argument("--init", default=None,
+                   help="fine-tune: start from this checkpoint's weights and model (fresh optimizer and schedule)")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", choices=BACKBONES, default=ModelConfig.backbone)
     m.add_argument("--scratch", action="store_true", help="random backbone init instead of ImageNet weights")
@@ -342,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=256, help="training crop size (0: whole images)")
     t.add_argument("--no-augment", action="store_true", help="no augmentation (crops only)")
+    t.add_argument("--hard-negatives", type=float, default=AugmentConfig.p_negative_centred,
+                   help="probability that a synthetic crop is centred on a bouton or punctum (a spine look-alike)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--checkpoint-every", type=int, default=0)
@@ -365,7 +374,8 @@ def settings(args) -> tuple[ModelConfig, TrainOptions]:
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
                          frozen_stages=args.frozen_stages,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
-    aug = AugmentConfig.none(crop=args.crop or None) if args.no_augment else AugmentConfig(crop=args.crop or None)
+    aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
+           else AugmentConfig(crop=args.crop or None, p_negative_centred=args.hard_negatives))
     lr, momentum, warmup, drops = RECIPES[args.recipe]
     drops = tuple(int(round(f * args.iterations)) for f in drops)
     options = TrainOptions(iterations=args.iterations, batch_size=args.batch_size,
@@ -389,7 +399,7 @@ def main(argv=None) -> int:
     if args.synthetic_train:
         stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
         train_sources[SYNTHETIC] = [s for st in stacks for s in samples_from_stack(st.image, st.table, SYNTHETIC,
-                                                                                    st.name)]
+                                                                                    st.name, negatives=st.negatives)]
     if args.synthetic_val:
         # validation stacks at the model's pixel size, as the runtime would resample them
         val_3d = synthetic_stacks(args.synthetic_val, args.synthetic_seed + 1000, args.synthetic_shape,
@@ -407,7 +417,8 @@ def main(argv=None) -> int:
           + (f", {len(val_3d)} synthetic val stacks" if val_3d else "")
           + "".join(f", {k} {len(v)} val" for k, v in val_2d.items() if v), file=sys.stderr)
     try:
-        result = train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume)
+        result = train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume,
+                       init=args.init)
     except (ValueError, FloatingPointError) as exc:
         print(f"spine-train: error: {exc}", file=sys.stderr)
         return 2
