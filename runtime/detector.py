@@ -138,9 +138,7 @@ class SpineDetector:
         and tiling.  Returns one ``(boxes (M, 4), scores (M,))`` per image.
         """
         card = self.card
-        factor = 1.0
-        if pixel_size_um and abs(pixel_size_um / card.pixel_size_um - 1) > card.rescale_tolerance:
-            factor = pixel_size_um / card.pixel_size_um
+        factor = self._rescale_factor(pixel_size_um)
         tiles, owners = [], []
         plans = []
         for k, image in enumerate(images):
@@ -170,6 +168,26 @@ class SpineDetector:
             per_image[k][0].append(boxes / [sx, sy, sx, sy])
             per_image[k][1].append(scores.astype(np.float64))
         return [(np.concatenate(b), np.concatenate(s)) for b, s in per_image]
+
+    def _rescale_factor(self, pixel_size_um: float | None) -> float:
+        """How much a slice of ``pixel_size_um`` is resized to reach the model's pixel size (1: not at all)."""
+        card = self.card
+        if pixel_size_um and abs(pixel_size_um / card.pixel_size_um - 1) > card.rescale_tolerance:
+            return pixel_size_um / card.pixel_size_um
+        return 1.0
+
+    def slices_per_call(self, slice_shape, pixel_size_um: float | None) -> int:
+        """How many slices of ``slice_shape`` (Y, X) pixels go into one :meth:`raw_detections` call.
+
+        ``batch`` slices when each fits one model input; when slices are
+        tiled, as many as keep about ``batch`` tiles in memory at once (at
+        least one slice), so a 2048 x 2048 stack holds one slice's tiles,
+        not ``batch`` slices' worth.
+        """
+        factor = self._rescale_factor(pixel_size_um)
+        shape = scaled_shape(slice_shape, factor) if factor != 1.0 else tuple(slice_shape)
+        tiles = len(plan_tiles(shape, self.card.input_size, self.card.tile_overlap_px))
+        return max(1, self.batch // tiles)
 
     def _run_tiles(self, tiles):
         boxes, scores = [], []
@@ -214,9 +232,10 @@ class SpineDetector:
                 slices, z_index = [maximum], [0]
         stream = SliceStream(self, voxel, (low, high))
         spines = []
-        for start in range(0, len(slices), self.batch):
+        step = self.slices_per_call(shape[1:], voxel.x_um)
+        for start in range(0, len(slices), step):
             with clock("read"):
-                chunk = [np.asarray(slices[k]) for k in range(start, min(start + self.batch, len(slices)))]
+                chunk = [np.asarray(slices[k]) for k in range(start, min(start + step, len(slices)))]
                 if projection and not mip:
                     maximum = max_projection(chunk if maximum is None else [maximum] + chunk)
             with clock("infer"):
@@ -227,7 +246,7 @@ class SpineDetector:
                 with clock("track"):
                     spines += stream.add_detections(z_index[start + offset], image, boxes, scores)
             if progress is not None:
-                progress(min(start + self.batch, len(slices)), len(slices))
+                progress(min(start + step, len(slices)), len(slices))
         with clock("track"):
             spines += stream.finish()
         spines.sort(key=lambda s: s.spine_id)

@@ -80,3 +80,20 @@ def test_more_spines_than_k_are_found_through_tiling(blob_model):
     assert max(np.min(np.hypot(found[:, 0] - x, found[:, 1] - y)) for x, y in truth) < 4
     assert iom(np.array([s.mean_box for s in result.spines]), np.array([s.mean_box for s in result.spines])
                ).sum() == pytest.approx(48)  # no duplicates
+
+
+def test_tiled_stacks_are_run_a_slice_at_a_time(blob_model):
+    """Slices that need several tiles: one slice's tiles per call, not ``batch`` slices' worth."""
+    truth = [(20, 20), (260, 128), (480, 280)]
+    stack = np.stack([blob_image((300, 500), truth, sigma=2.0)] * 3)
+    detector = SpineDetector(blob_model, batch=4)
+    tiles_per_slice = len(plan_tiles((300, 500), detector.card.input_size, detector.card.tile_overlap_px))
+    assert tiles_per_slice > 4 and detector.slices_per_call((300, 500), None) == 1
+    assert detector.slices_per_call(detector.card.input_size, None) == 4
+    calls, run = [], detector.backend.run
+    detector.backend.run = lambda batch: calls.append(len(batch)) or run(batch)
+    progress = []
+    result = detector.detect(stack, progress=lambda done, total: progress.append(done))
+    assert progress == [1, 2, 3]
+    assert max(calls) <= 4 and sum(calls) == 3 * tiles_per_slice
+    assert len(result.spines) == len(truth) and all(s.z_first == 0 and s.z_last == 2 for s in result.spines)
