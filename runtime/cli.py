@@ -69,7 +69,7 @@ class _Progress:
 
 @run_app.command()
 def spine_run(
-    stacks: List[Path] = typer.Argument(..., metavar="STACK...",
+    stacks: List[Path] = typer.Argument(..., metavar="STACK",
                                         help="TIFF/PNG stacks or images, or folders of <name>-NN.png slices."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the result files."),
     model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: shipped model."),
@@ -173,7 +173,7 @@ def spine_eval(
 
 @eval_app.command("consensus")
 def consensus_command(
-    annotations: List[Path] = typer.Argument(..., metavar="CSV...", help="One tracking CSV per annotator."),
+    annotations: List[Path] = typer.Argument(..., metavar="CSV", help="One tracking CSV per annotator."),
     min_votes: int = typer.Option(..., "--min-votes", min=1,
                                   help="Annotators that must agree: 1 minimal, majority, all maximal."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the consensus CSV."),
