@@ -35,6 +35,8 @@ import torch
 import torchvision
 from torch import nn
 
+from spinedet.training.model import context_boxes
+
 BBOX_CLIP = math.log(1000.0 / 16)
 INVALID = -1.0  # score of masked entries; every NMS below ignores scores under 0
 
@@ -140,6 +142,7 @@ class ExportableDetector(nn.Module):
         self.roi_output = tuple(pool.output_size) if isinstance(pool.output_size, (tuple, list)) else \
             (pool.output_size, pool.output_size)
         self.sampling_ratio = int(pool.sampling_ratio)
+        self.roi_context_px = float(getattr(pool, "margin_px", 0.0))  # a ContextRoIPool also pools surroundings
         transform = model.transform
         self.register_buffer("mean", torch.tensor(transform.image_mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(transform.image_std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -234,7 +237,11 @@ class ExportableDetector(nn.Module):
 
     def _detections(self, features, proposals, valid, batch):
         n = proposals.shape[1]
-        head = self.box_head(self._roi_features(features, proposals, batch).to(self.dtype))
+        pooled = self._roi_features(features, proposals, batch)
+        if self.roi_context_px > 0:
+            around = context_boxes(proposals, self.roi_context_px, self.height, self.width)
+            pooled = torch.cat([pooled, self._roi_features(features, around, batch)], dim=1)
+        head = self.box_head(pooled.to(self.dtype))
         logits, regression = (t.float() for t in self.box_predictor(head))
         scores = torch.softmax(logits, dim=-1)[:, 1].reshape(-1, n)
         deltas = regression.reshape(-1, n, logits.shape[-1], 4)[:, :, 1]

@@ -91,6 +91,19 @@ def test_batch_is_dynamic_and_empty_slice_agrees(exported, checkpoint):
     assert r["matched"] == r["detections"] and r["unmatched_extra"] == 0
 
 
+def test_context_pooling_exports_with_parity(tmp_path):
+    """A box head that also pools each RoI's surroundings: two RoiAligns, still clean and matching torch."""
+    torch.manual_seed(3)
+    config = ModelConfig(input_size=SIZE, fpn_channels=32, representation_size=64, roi_levels=("0",),
+                         roi_context_px=12)
+    save_checkpoint(tmp_path / "ctx.pt", build_model(config).eval(), config)
+    report = export_onnx(tmp_path / "ctx.pt", tmp_path / "ctx.onnx")
+    model = onnx.load(str(report.onnx_path))
+    assert [n.op_type for n in model.graph.node].count("RoiAlign") == 2
+    assert check_graph(model) == []
+    assert report.parity["ok"] and all(report.parity[f"batch_{b}"]["fraction"] >= 0.99 for b in (1, 3, 8))
+
+
 def test_exported_model_runs_in_the_runtime(exported):
     rng = np.random.default_rng(0)
     stack = (rng.random((3, 200, 150)) * 1000).astype(np.uint16)  # larger than the input: tiled

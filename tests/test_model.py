@@ -194,3 +194,38 @@ def test_predict_returns_numpy_pairs():
     out = M.predict(model, torch.rand(2, 1, 128, 128))
     assert len(out) == 2 and all(b.shape == (80, 4) and s.shape == (80,) for b, s in out)
     assert isinstance(out[0][0], np.ndarray)
+
+
+def test_context_boxes_grow_and_clip():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 40.0], [2.0, 3.0, 120.0, 126.0]])
+    grown = M.context_boxes(boxes, 8, height=128, width=125)
+    torch.testing.assert_close(grown, torch.tensor([[2.0, 12.0, 38.0, 48.0], [0.0, 0.0, 125.0, 128.0]]))
+
+
+def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
+    """Widening a checkpoint for context pooling leaves its detections unchanged until it trains."""
+    torch.manual_seed(2)
+    config = ModelConfig(pretrained=False, box_score_thresh=0.0, roi_levels=("0",), **MNV2)
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "c.pt", model, config)
+    widened, wide_config = M.load_for_finetuning(tmp_path / "c.pt", roi_context_px=12)
+    assert wide_config.roi_context_px == 12 and isinstance(widened.roi_heads.box_roi_pool, M.ContextRoIPool)
+    fc6 = widened.roi_heads.box_head.fc6.weight
+    assert fc6.shape[1] == 2 * model.roi_heads.box_head.fc6.weight.shape[1]
+    x = torch.rand(1, 128, 128)
+    with torch.inference_mode():
+        a, b = model([x])[0], widened.eval()([x])[0]
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+    # the context half is live: non-zero weights there change the scores
+    with torch.no_grad():
+        fc6[:, fc6.shape[1] // 2:] = 0.05
+    with torch.inference_mode():
+        c = widened([x])[0]
+    assert not torch.allclose(a["scores"][:5], c["scores"][:5])
+    # a checkpoint with context round-trips; asking it for another context size is an error
+    save_checkpoint(tmp_path / "w.pt", widened, wide_config)
+    assert load_checkpoint(tmp_path / "w.pt")[1].roi_context_px == 12
+    assert M.load_for_finetuning(tmp_path / "w.pt")[1].roi_context_px == 12
+    with pytest.raises(ValueError, match="context"):
+        M.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -88,6 +88,10 @@ class ModelConfig:
     roi_levels: FPN levels the box head pools RoIs from (torchvision's level mapper picks one per
         RoI); ``("0",)`` pools every RoI from the stride-4 level, which suits spines (10-40 px,
         all mapped to that level anyway) and costs one RoI Align instead of four in the export.
+    roi_context_px: when > 0, the box head also sees each RoI's surroundings: the RoI grown by
+        this many pixels on every side (clipped to the image) is pooled too and stacked on the
+        channels.  Whether a bright blob is a spine depends on what is around it (a shaft next
+        to it, or an axon through it); the RoI alone cannot tell.  0: the RoI only (torchvision).
     anchor_sizes: anchor sizes in pixels, one tuple per FPN level (strides 4, 8, 16, 32, 64).
     aspect_ratios: anchor aspect ratios (height / width), the same on every level.
     max_detections: K, boxes returned per image.
@@ -118,6 +122,7 @@ class ModelConfig:
     box_batch_size_per_image: int = 256
     roi_output_size: int = 7
     roi_levels: tuple = ("0", "1", "2", "3")
+    roi_context_px: float = 0.0
     frozen_stages: int = 1
     format: int = CHECKPOINT_FORMAT
 
@@ -366,6 +371,31 @@ class FixedSizeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+def context_boxes(boxes: torch.Tensor, margin_px: float, height: int, width: int) -> torch.Tensor:
+    """Boxes ``(..., 4)`` (x_min, y_min, x_max, y_max pixels) grown by ``margin_px`` on every side, clipped to the image."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 - margin_px).clamp(min=0), (y0 - margin_px).clamp(min=0),
+                        (x1 + margin_px).clamp(max=width), (y1 + margin_px).clamp(max=height)], dim=-1)
+
+
+class ContextRoIPool(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` that also pools each RoI's surroundings.
+
+    The features of each box and of the box grown by ``margin_px`` pixels
+    (:func:`context_boxes`) are stacked on the channels: ``[N, C, S, S]``
+    becomes ``[N, 2C, S, S]``.
+    """
+
+    def __init__(self, featmap_names, output_size, sampling_ratio: int, margin_px: float):
+        super().__init__(featmap_names=featmap_names, output_size=output_size, sampling_ratio=sampling_ratio)
+        self.margin_px = float(margin_px)
+
+    def forward(self, features, proposals, image_shapes):
+        grown = [context_boxes(p, self.margin_px, h, w) for p, (h, w) in zip(proposals, image_shapes)]
+        return torch.cat([super().forward(features, proposals, image_shapes),
+                          super().forward(features, grown, image_shapes)], dim=1)
+
+
 def build_model(config: ModelConfig, pretrained: bool = True) -> FasterRCNN:
     """The Faster R-CNN of ``config``.
 
@@ -376,10 +406,14 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> FasterRCNN:
     backbone = build_backbone(config, pretrained=pretrained)
     n_anchors = len(config.anchor_sizes[0]) * len(config.aspect_ratios)
     anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=(config.aspect_ratios,) * 5)
-    roi_pool = MultiScaleRoIAlign(featmap_names=list(config.roi_levels), output_size=config.roi_output_size,
-                                  sampling_ratio=2)
     c = config.fpn_channels
-    box_head = TwoMLPHead(c * config.roi_output_size ** 2, config.representation_size)
+    pooled_channels = 2 * c if config.roi_context_px > 0 else c
+    if config.roi_context_px > 0:
+        roi_pool = ContextRoIPool(list(config.roi_levels), config.roi_output_size, 2, config.roi_context_px)
+    else:
+        roi_pool = MultiScaleRoIAlign(featmap_names=list(config.roi_levels), output_size=config.roi_output_size,
+                                      sampling_ratio=2)
+    box_head = TwoMLPHead(pooled_channels * config.roi_output_size ** 2, config.representation_size)
     model = FasterRCNN(
         backbone,
         num_classes=None,
@@ -437,6 +471,30 @@ def load_checkpoint(path, map_location="cpu"):
     return model, config, payload
 
 
+def load_for_finetuning(path, roi_context_px: float | None = None):
+    """``(model, config)`` from a checkpoint, to start a new run from its weights.
+
+    roi_context_px: give a checkpoint without context pooling a context
+    pool of this many pixels.  The box head's first layer is widened with
+    zero weights for the context features, so the model starts out
+    computing exactly what the checkpoint computed and learns to use the
+    surroundings from there.
+    """
+    model, config, _ = load_checkpoint(path)
+    if not roi_context_px or roi_context_px == config.roi_context_px:
+        return model, config
+    if config.roi_context_px:
+        raise ValueError(f"{path}: the checkpoint pools {config.roi_context_px:g} px of context already, "
+                         f"not {roi_context_px:g}")
+    config = replace(config, roi_context_px=float(roi_context_px))
+    widened = build_model(config, pretrained=False)
+    state = model.state_dict()
+    w = state["roi_heads.box_head.fc6.weight"]
+    state["roi_heads.box_head.fc6.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    widened.load_state_dict(state, strict=True)
+    return widened, config
+
+
 def predict(model: nn.Module, images: torch.Tensor):
     """Run ``model`` (eval mode) on ``images [B, 1, H, W]``; return a list of ``(boxes (K, 4), scores (K,))`` numpy pairs."""
     model.eval()
@@ -446,7 +504,7 @@ def predict(model: nn.Module, images: torch.Tensor):
 
 
 __all__ = [
-    "BACKBONES", "BackboneFPN", "FixedSizeTransform", "MissingWeights", "ModelConfig", "build_backbone",
-    "build_model", "load_checkpoint", "load_pretrained_state", "predict", "pretrained_weights_path",
-    "save_checkpoint", "sha256_of",
+    "BACKBONES", "BackboneFPN", "ContextRoIPool", "FixedSizeTransform", "MissingWeights", "ModelConfig",
+    "build_backbone", "build_model", "context_boxes", "load_checkpoint", "load_for_finetuning",
+    "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint", "sha256_of",
 ]

@@ -47,7 +47,7 @@ from spinedet.runtime.tracking import track_slices
 from .augment import AugmentConfig, augment
 from .data import (REAL2D_MDG, SYNTHETIC, MixedSampler, Sample, ValStack, data_root, real2d_samples,
                    samples_from_stack, synthetic_stacks)
-from .model import BACKBONES, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from .model import BACKBONES, ModelConfig, build_model, load_checkpoint, load_for_finetuning, save_checkpoint
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
@@ -197,7 +197,9 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
     out_dir: where ``last.pt``, ``best.pt``, ``metrics.jsonl`` go (None: nothing is written).
     resume: a ``last.pt`` to continue from (its model config wins over ``config``).
     init: a checkpoint whose weights (and model config) start a new run: fine-tuning,
-        with a fresh optimizer, schedule and iteration count (ignored with ``resume``).
+        with a fresh optimizer, schedule and iteration count (ignored with ``resume``);
+        a ``config.roi_context_px`` > 0 adds context pooling to a checkpoint without it
+        (:func:`~spinedet.training.model.load_for_finetuning`).
     log: a text stream for progress lines, "stderr" (the default) or None.
     ``losses`` lists the total loss of every iteration run in this call.
     """
@@ -214,7 +216,7 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
             warnings.warn("resuming: the checkpoint's model config replaces the one given", stacklevel=2)
         config = saved_config
     elif init is not None:
-        model, config, _ = load_checkpoint(init)
+        model, config = load_for_finetuning(init, config.roi_context_px or None)
         state = None
     else:
         model, state = build_model(config, pretrained=True), None
@@ -331,6 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
     m.add_argument("--representation-size", type=int, default=ModelConfig.representation_size)
     m.add_argument("--input-size", type=int, default=512, help="model input (square) in pixels")
+    m.add_argument("--roi-context", type=float, default=ModelConfig.roi_context_px,
+                   help="pixels of surroundings the box head also pools around each RoI (0: none)")
     m.add_argument("--frozen-stages", type=int, default=ModelConfig.frozen_stages)
     m.add_argument("--roi-levels", default=",".join(ModelConfig.roi_levels),
                    help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3")
@@ -372,7 +376,7 @@ def settings(args) -> tuple[ModelConfig, TrainOptions]:
     """The model config and training options of parsed ``spine-train`` arguments."""
     config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
-                         frozen_stages=args.frozen_stages,
+                         frozen_stages=args.frozen_stages, roi_context_px=args.roi_context,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
            else AugmentConfig(crop=args.crop or None, p_negative_centred=args.hard_negatives))
