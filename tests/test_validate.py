@@ -21,3 +21,12 @@ def test_validate_bad_model_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("spine-validate: error: ") and err.count("\n") == 1
+
+
+def test_validate_will_not_overwrite_the_model_card(blob_model, capsys):
+    card = blob_model.with_suffix(".json")
+    before = card.read_bytes()
+    assert main([str(blob_model), "--json", str(card)]) == 2
+    err = capsys.readouterr().err
+    assert "model's card" in err and err.count("\n") == 1
+    assert card.read_bytes() == before

@@ -93,6 +93,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.json and Path(args.json).resolve() == Path(args.model).with_suffix(".json").resolve():
+        print(f"spine-validate: error: {args.json}: that is the model's card; write the results elsewhere",
+              file=sys.stderr)
+        return 2
     try:
         detector = SpineDetector(args.model, batch=args.batch, threads=args.threads)
         start = time.perf_counter()
