@@ -46,6 +46,9 @@ class ModelCard:
     max_detections: K, the fixed number of boxes per slice.
     tile_overlap_px: overlap in model pixels between tiles of large images;
         must exceed the largest spine.
+    score_threshold: boxes count when their confidence is above this.  0.5 is
+        the paper's; a model's own operating point, chosen on calibration
+        data (``spine-validate --calibrate``), may differ.
     metrics: measured validation metrics, free form, reported verbatim.
     export: how the graph was made (source checkpoint, proposals per slice, opset), free form.
     """
@@ -57,6 +60,7 @@ class ModelCard:
     max_detections: int = 80
     tile_overlap_px: int = 64
     rescale_tolerance: float = 0.25
+    score_threshold: float = 0.5
     name: str = "unnamed"
     precision: str = "fp32"
     metrics: dict = field(default_factory=dict)
@@ -114,6 +118,8 @@ def _check_card(card: ModelCard) -> None:
         raise ValueError("max_detections must be at least 1")
     if not 0 <= card.tile_overlap_px < min(h, w) // 2:
         raise ValueError("tile_overlap_px must be below half the input size")
+    if not 0 <= card.score_threshold < 1:
+        raise ValueError("score_threshold must be in [0, 1)")
 
 
 def intensity_range(slices, card: ModelCard, max_pixels: int = 2_000_000) -> tuple[float, float]:

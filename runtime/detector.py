@@ -28,7 +28,7 @@ import numpy as np
 from . import contract
 from .backends import open_backend
 from .errors import SpineDetError
-from .postprocess import MAX_AREA_UM2, NMS_IOM, SCORE_THRESHOLD, filter_detections, max_area_pixels
+from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, max_area_pixels
 from .spines import Spine, box_fluorescence, spine_from_track
 from .stacks import Stack, VoxelSize
 from .tables import BoxTable
@@ -101,13 +101,13 @@ class SpineDetector:
         shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
         providers), ``trt`` (native TensorRT engine) or ``auto``.
     batch: slices (or tiles) per inference call.  threads: CPU threads for
-        inference (None: all).  score_threshold, max_area_um2 (µm²) and
-        nms_iom are the paper's post-processing; link_iom and max_misses its
-        tracker.
+        inference (None: all).  score_threshold (None: the model card's, 0.5
+        unless the model was calibrated), max_area_um2 (µm²) and nms_iom are
+        the paper's post-processing; link_iom and max_misses its tracker.
     """
 
     def __init__(self, model=None, device: str = "cpu", batch: int = 8, threads: int | None = None,
-                 score_threshold: float = SCORE_THRESHOLD, max_area_um2: float | None = MAX_AREA_UM2,
+                 score_threshold: float | None = None, max_area_um2: float | None = MAX_AREA_UM2,
                  nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES):
         self.model_path = Path(model) if model is not None else default_model_path()
         if not self.model_path.is_file():
@@ -115,11 +115,13 @@ class SpineDetector:
             raise SpineDetError(f"no such model file{hint}", self.model_path)
         if batch < 1:
             raise SpineDetError(f"batch must be at least 1, got {batch}")
-        if not 0 <= score_threshold < 1:
-            raise SpineDetError(f"score threshold must be in [0, 1), got {score_threshold}")
         if max_area_um2 is not None and not max_area_um2 > 0:
             raise SpineDetError(f"maximum spine area must be positive µm², got {max_area_um2}")
         self.card = contract.load_card(self.model_path)
+        if score_threshold is None:
+            score_threshold = self.card.score_threshold
+        if not 0 <= score_threshold < 1:
+            raise SpineDetError(f"score threshold must be in [0, 1), got {score_threshold}")
         self.backend = open_backend(self.model_path, self.card, device, threads, batch_max=max(batch, 1))
         self.batch = int(batch)
         self.score_threshold = float(score_threshold)
