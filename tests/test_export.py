@@ -102,6 +102,7 @@ def test_context_pooling_exports_with_parity(tmp_path):
     assert [n.op_type for n in model.graph.node].count("RoiAlign") == 2
     assert check_graph(model) == []
     assert report.parity["ok"] and all(report.parity[f"batch_{b}"]["fraction"] >= 0.99 for b in (1, 3, 8))
+    assert load_card(report.onnx_path).export["roi_context_px"] == 12
 
 
 def test_exported_model_runs_in_the_runtime(exported):
