@@ -147,7 +147,7 @@ class SpineDetector:
             image = np.asarray(image)
             if image.ndim != 2:
                 raise SpineDetError(f"expected 2D slices, got shape {image.shape}")
-            shape = scaled_shape(image.shape, factor) if factor != 1.0 else image.shape
+            shape = scaled_shape(image.shape, factor)
             if min(shape) < MIN_SIDE_PX:
                 raise SpineDetError(f"image is {image.shape[1]}x{image.shape[0]} px"
                                     f"{' after rescaling' if factor != 1.0 else ''}: smaller than a spine")
@@ -186,8 +186,7 @@ class SpineDetector:
         least one slice), so a 2048 x 2048 stack holds one slice's tiles,
         not ``batch`` slices' worth.
         """
-        factor = self._rescale_factor(pixel_size_um)
-        shape = scaled_shape(slice_shape, factor) if factor != 1.0 else tuple(slice_shape)
+        shape = scaled_shape(slice_shape, self._rescale_factor(pixel_size_um))
         tiles = len(plan_tiles(shape, self.card.input_size, self.card.tile_overlap_px))
         return max(1, self.batch // tiles)
 

@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
+from spinedet.runtime.files import file_sha256  # noqa: E402
 from spinedet.training import model as M  # noqa: E402
 from spinedet.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_mobilenet_file_is_torchvisions():
     _installed("mobilenet_v2")
     path = M.pretrained_weights_path("mobilenet_v2")
     assert path.name == "mobilenet_v2-b0353104.pth"
-    assert M.sha256_of(path).startswith("b0353104")  # torchvision names its files by the SHA-256 prefix
+    assert file_sha256(path).startswith("b0353104")  # torchvision names its files by the SHA-256 prefix
 
 
 def test_scratch_backbone_reads_no_file(monkeypatch):

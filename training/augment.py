@@ -65,8 +65,8 @@ class AugmentConfig:
     @classmethod
     def none(cls, crop: int | None = None) -> "AugmentConfig":
         """No augmentation at all (optionally still cropping)."""
-        return cls(crop=crop, p_box_centred=0.0, p_negative_centred=0.0, p_rescale=0.0, dihedral=False, p_noise=0.0, p_blur=0.0,
-                   p_intensity=0.0, p_quantise=0.0)
+        return cls(crop=crop, p_box_centred=0.0, p_negative_centred=0.0, p_rescale=0.0, dihedral=False,
+                   p_noise=0.0, p_blur=0.0, p_intensity=0.0, p_quantise=0.0)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -151,7 +151,7 @@ def random_crop(image: np.ndarray, boxes, size: int, rng: np.random.Generator, p
     """
     h, w = image.shape
     b = as_boxes(boxes, np.float32)
-    neg = as_boxes(negatives if negatives is not None else np.zeros((0, 4)), np.float32)
+    neg = as_boxes([] if negatives is None else negatives, np.float32)
     if len(neg) and p_negative_centred > 0 and rng.random() < p_negative_centred:
         y0, x0 = _window_around(neg[rng.integers(len(neg))], size, h, w, rng)
     elif len(b) and rng.random() < p_box_centred:
@@ -223,11 +223,9 @@ def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None
     draws = rng.random(6)
     if draws[0] < cfg.p_rescale:
         lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])
-        h, w = image.shape
-        image, b = rescale(image, b, float(np.exp(rng.uniform(lo, hi))))
-        if negatives is not None:
-            nh, nw = image.shape
-            negatives = as_boxes(negatives, np.float32) * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+        neg = as_boxes([] if negatives is None else negatives, np.float32)
+        image, both = rescale(image, np.concatenate([b, neg]), float(np.exp(rng.uniform(lo, hi))))
+        b, negatives = both[:len(b)], (None if negatives is None else both[len(b):])
     if cfg.crop is not None:
         image, b = random_crop(image, b, cfg.crop, rng, cfg.p_box_centred, cfg.min_box_fraction,
                                negatives, cfg.p_negative_centred)

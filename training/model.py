@@ -47,7 +47,6 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from spinedet.runtime.files import file_sha256
 
 CHECKPOINT_FORMAT = 1
 
@@ -222,11 +221,6 @@ def pretrained_weights_path(backbone: str) -> Path:
 def load_pretrained_state(backbone: str) -> dict:
     """The ImageNet state dict of ``backbone`` (classifier included), read offline."""
     return torch.load(pretrained_weights_path(backbone), map_location="cpu", weights_only=True)
-
-
-def sha256_of(path) -> str:
-    """SHA-256 of a file (the runtime's implementation)."""
-    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- backbones
@@ -407,12 +401,13 @@ def build_model(config: ModelConfig, pretrained: bool = True) -> FasterRCNN:
     n_anchors = len(config.anchor_sizes[0]) * len(config.aspect_ratios)
     anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=(config.aspect_ratios,) * 5)
     c = config.fpn_channels
-    pooled_channels = 2 * c if config.roi_context_px > 0 else c
     if config.roi_context_px > 0:
         roi_pool = ContextRoIPool(list(config.roi_levels), config.roi_output_size, 2, config.roi_context_px)
+        pooled_channels = 2 * c
     else:
         roi_pool = MultiScaleRoIAlign(featmap_names=list(config.roi_levels), output_size=config.roi_output_size,
                                       sampling_ratio=2)
+        pooled_channels = c
     box_head = TwoMLPHead(pooled_channels * config.roi_output_size ** 2, config.representation_size)
     model = FasterRCNN(
         backbone,
@@ -506,5 +501,5 @@ def predict(model: nn.Module, images: torch.Tensor):
 __all__ = [
     "BACKBONES", "BackboneFPN", "ContextRoIPool", "FixedSizeTransform", "MissingWeights", "ModelConfig",
     "build_backbone", "build_model", "context_boxes", "load_checkpoint", "load_for_finetuning",
-    "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint", "sha256_of",
+    "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint",
 ]

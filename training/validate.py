@@ -160,7 +160,7 @@ def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_roo
     sweep = threshold_sweep(detector, stacks_per_setting, shape, real_root)
     best = max(sweep, key=lambda row: (round(row["score"], 4), -row["threshold"]))
     record = {"chosen": best["threshold"], "seed": CALIBRATION_SEED, "stacks_per_setting": stacks_per_setting,
-              "shape": list(shape), "real2d_mdg_val": real_root is not None and best["real"] is not None,
+              "shape": list(shape), "real2d_mdg_val": best["real"] is not None,
               "sweep": [{"threshold": r["threshold"], "synthetic_f1_3d": round(r["synthetic"]["f1"], 4),
                          "real2d_mdg_val_f1": None if r["real"] is None else round(r["real"]["f1"], 4)}
                         for r in sweep]}
