@@ -206,6 +206,25 @@ class SpineDetector:
             cap = max_area_pixels(self.max_area_um2, pixel_size_um or self.card.pixel_size_um)
         return filter_detections(boxes, scores, self.score_threshold, cap, self.nms_iom)
 
+    def detections(self, images, pixel_size_um: float | None, intensity_range) -> list:
+        """The spines' boxes in each 2D image: :meth:`raw_detections`, then :meth:`postprocess`.
+
+        Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by decreasing score.
+        """
+        return [self.postprocess(boxes, scores, pixel_size_um)
+                for boxes, scores in self.raw_detections(images, pixel_size_um, intensity_range)]
+
+    def intensity_range(self, slices) -> tuple[float, float]:
+        """The raw ``(low, high)`` that map to 0 and 1 for a whole stack (the card's percentiles).
+
+        Raises SpineDetError for a blank stack (every pixel the same), where
+        there is nothing to detect and any answer would be made up.
+        """
+        low, high = contract.intensity_range(slices, self.card)
+        if high <= low:
+            raise SpineDetError(f"image is blank: every pixel is {low:g}")
+        return low, high
+
     # --- 3D ---------------------------------------------------------------------------------------------------------
 
     def detect(self, stack, voxel_size=None, mip: bool = False, projection: bool = False,
@@ -224,9 +243,7 @@ class SpineDetector:
         shape = (len(slices),) + np.shape(slices[0])
         clock = _Clock()
         with clock("read"):
-            low, high = contract.intensity_range(slices, self.card)
-            if high <= low:
-                raise SpineDetError(f"image is blank: every pixel is {low:g}")
+            low, high = self.intensity_range(slices)
             maximum = None
             if mip:
                 maximum = max_projection(slices)
@@ -258,7 +275,8 @@ class SpineDetector:
         """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
 
         intensity_range: raw ``(low, high)`` mapped to 0..1; default: taken from
-        the first slice with the card's percentiles and kept for the stack.
+        the first slice that is not blank, with the card's percentiles, and
+        kept for the stack (pass it when the first slices are mostly background).
         """
         return SliceStream(self, _as_voxel_size(voxel_size), intensity_range)
 
@@ -304,11 +322,14 @@ class SliceStream:
     def add_slice(self, image, z: int | None = None) -> list[Spine]:
         """Detect in one raw ``(Y, X)`` slice (slice number ``z``, default: the next) and track."""
         image = np.asarray(image)
+        z = self._next_z if z is None else z
         if self.intensity_range is None:
-            self.intensity_range = contract.intensity_range([image], self.detector.card)
-        (boxes, scores), = self.detector.raw_detections([image], self.voxel_size.x_um, self.intensity_range)
-        boxes, scores = self.detector.postprocess(boxes, scores, self.voxel_size.x_um)
-        return self.add_detections(self._next_z if z is None else z, image, boxes, scores)
+            low, high = contract.intensity_range([image], self.detector.card)
+            if high <= low:  # a blank slice (shutter closed, dark frame) has no contrast to set the range by
+                return self.add_detections(z, image, np.zeros((0, 4)), np.zeros(0))
+            self.intensity_range = (low, high)
+        (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range)
+        return self.add_detections(z, image, boxes, scores)
 
     def add_detections(self, z: int, image, boxes, scores) -> list[Spine]:
         """Track one slice's post-processed detections; ``image`` is the raw slice, for fluorescence."""

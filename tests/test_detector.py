@@ -64,6 +64,20 @@ def test_streaming_reports_a_spine_when_its_track_closes(blob_model):
     assert sorted(s.spine_id for s in stream.finish()) == [1, 3]
 
 
+def test_streaming_sets_its_range_from_the_first_slice_that_is_not_blank(blob_model):
+    stack = synthetic_stack()
+    whole = SpineDetector(blob_model).detect(stack)
+    dark = np.zeros((2,) + stack.shape[1:], stack.dtype)  # e.g. two frames with the shutter still closed
+    stream = SpineDetector(blob_model).stream()
+    found = []
+    for image in np.concatenate([dark, stack]):
+        found += stream.add_slice(image)
+    found += stream.finish()
+    assert stream.intensity_range[1] > stream.intensity_range[0]
+    # the same spines, two slices further down
+    assert sorted((s.z[0] - 2, s.z[-1] - 2) for s in found) == sorted((s.z[0], s.z[-1]) for s in whole.spines)
+
+
 def test_max_projection_mode(blob_model):
     result = SpineDetector(blob_model).detect(synthetic_stack(), mip=True, projection=True)
     assert result.mip and len(result.spines) == 3

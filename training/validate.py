@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from spinedet.runtime.contract import intensity_range
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
@@ -94,9 +93,7 @@ def real2d_f1(detector: SpineDetector, root: Path) -> dict | None:
 def slice_detections(detector: SpineDetector, image: np.ndarray, pixel_size_um: float | None) -> list:
     """Post-processed ``(boxes, scores)`` per slice of ``image`` (Z, Y, X) or (Y, X), as :meth:`SpineDetector.detect` makes them."""
     slices = list(image) if image.ndim == 3 else [image]
-    low_high = intensity_range(slices, detector.card)
-    return [detector.postprocess(b, s, pixel_size_um)
-            for b, s in detector.raw_detections(slices, pixel_size_um, low_high)]
+    return detector.detections(slices, pixel_size_um, detector.intensity_range(slices))
 
 
 def tracked_above(detections: list, threshold: float, detector: SpineDetector) -> BoxTable:
