@@ -15,7 +15,9 @@ from spinedet.training import augment as A  # noqa: E402
 from spinedet.training.data import (MixedSampler, Sample, ValStack, normalise_stack, real2d_samples,  # noqa: E402
                                     samples_from_stack)
 from spinedet.training.model import ModelConfig  # noqa: E402
-from spinedet.training.train import TrainOptions, detect, evaluate_2d, evaluate_3d, main, train  # noqa: E402
+from spinedet.training.averaging import WeightAverage  # noqa: E402
+from spinedet.training.train import (TrainOptions, detect, evaluate_2d, evaluate_3d, main, train,  # noqa: E402
+                                     validate)
 
 TINY = dict(fpn_channels=32, representation_size=128, input_size=(128, 128))
 
@@ -145,15 +147,18 @@ def test_samples_from_stack_and_absent_real_data(tmp_path):
 class _Oracle(nn.Module):
     """A fake detector that returns given boxes per call, to test the validation plumbing."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, scores=None):
         super().__init__()
         self.answers = list(answers)
+        self.scores = None if scores is None else list(scores)
 
     def forward(self, images):
         out = []
         for _ in images:
             boxes = torch.as_tensor(self.answers.pop(0), dtype=torch.float32).reshape(-1, 4)
-            out.append({"boxes": boxes, "scores": torch.full((len(boxes),), 0.9)})
+            scores = (torch.full((len(boxes),), 0.9) if self.scores is None
+                      else torch.as_tensor(self.scores.pop(0), dtype=torch.float32))
+            out.append({"boxes": boxes, "scores": scores})
         return out
 
 
@@ -170,6 +175,20 @@ def test_validation_uses_the_runtime_metrics():
     answers = [[], [[10, 10, 20, 20]], [[10, 11, 20, 21]], [[10, 10, 20, 20]], []]
     f3, f2 = evaluate_3d(_Oracle(answers), [stack], TrainOptions())
     assert f3["f1"] == 1.0 and (f2["tp"], f2["fp"], f2["fn"]) == (3, 0, 0)
+
+
+def test_validation_reports_the_best_threshold_from_one_model_run():
+    sample = Sample(np.zeros((64, 64), np.float32), np.array([[10, 10, 20, 20]], np.float32))
+    answer, scores = [[10, 10, 20, 20], [40, 40, 50, 50]], [0.9, 0.6]  # the spine and a weaker false one
+
+    def run(thresholds):
+        oracle = _Oracle([answer], [scores])  # answers once: validate must not run the model per threshold
+        return validate(oracle, {"toy": [sample]}, [], TrainOptions(val_thresholds=thresholds))
+
+    paper = run((0.5,))
+    assert paper["threshold"] == 0.5 and paper["2d/toy"]["fp"] == 1 and paper["score"] == pytest.approx(2 / 3)
+    swept = run((0.5, 0.7, 0.95))
+    assert swept["threshold"] == 0.7 and swept["score"] == 1.0  # 0.95 loses the spine too
 
 
 # --------------------------------------------------------------------------- training
@@ -197,12 +216,12 @@ def test_short_training_learns_an_obvious_spine():
     assert found >= 7  # the most confident box is the spine
 
 
-def _tiny_run(out_dir, iterations, resume=None, checkpoint_every=0):
+def _tiny_run(out_dir, iterations, resume=None, checkpoint_every=0, ema_decay=0.0):
     rng = np.random.default_rng(1)
     samples = [toy_sample(rng) for _ in range(4)]
     config = ModelConfig(backbone="mobilenet_v2", pretrained=False, fpn_channels=16, representation_size=32, input_size=(128, 128))
     options = TrainOptions(iterations=iterations, val_every=0, log_every=0, seed=5,
-                           checkpoint_every=checkpoint_every, augment=A.AugmentConfig(crop=96))
+                           checkpoint_every=checkpoint_every, augment=A.AugmentConfig(crop=96), ema_decay=ema_decay)
     return train(config, options, {"toy": samples}, out_dir=out_dir, resume=resume, log=None)
 
 
@@ -213,6 +232,37 @@ def test_resume_gives_the_same_next_loss(tmp_path):
     resumed = _tiny_run(tmp_path / "other", 4, resume=tmp_path / "part" / "last.pt")
     assert resumed["iteration"] == 4 and len(resumed["losses"]) == 2
     assert resumed["losses"] == whole[2:]  # bitwise
+
+
+def test_weight_average_follows_its_formula():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    average.update(model)  # first update: decay min(0.5, 2/11)
+    d = 2 / 11
+    assert torch.allclose(average.model.weight, torch.full((1, 2), d * 1.0 + (1 - d) * 3.0))
+    assert not average.model.weight.requires_grad and not average.model.training
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_averaged_run_saves_the_average_and_resumes_exactly(tmp_path):
+    from spinedet.training.model import load_checkpoint
+
+    whole = _tiny_run(tmp_path / "whole", 4, ema_decay=0.9)
+    _tiny_run(tmp_path / "part", 2, ema_decay=0.9)
+    resumed = _tiny_run(tmp_path / "other", 4, resume=tmp_path / "part" / "last.pt", ema_decay=0.9)
+    assert resumed["losses"] == whole["losses"][2:]  # the trained weights were restored, not the average
+    saved, _, state = load_checkpoint(tmp_path / "whole" / "last.pt")
+    averaged, resumed_average = whole["model"].state_dict(), resumed["model"].state_dict()
+    trained = state["trained_model"]
+    assert state["ema_updates"] == 4
+    for name, value in saved.state_dict().items():
+        assert torch.equal(value, averaged[name]) and torch.equal(value, resumed_average[name])
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained if trained[k].is_floating_point())
 
 
 def test_cli_runs_on_synthetic_data(tmp_path, capsys):
