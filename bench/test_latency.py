@@ -18,16 +18,16 @@ BATCHES = (1, 4, 8, 16)
 PAPER_SECONDS_PER_SLICE = 0.053  # RTX A6000, Vogel et al.
 
 
-def slices(batch, size, seed=0):
+def slices(batch, size, channels=1, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.random((batch, 1, *size), dtype=np.float32) ** 4  # mostly dark, some bright: like a stack
+    return rng.random((batch, channels, *size), dtype=np.float32) ** 4  # mostly dark, some bright: like a stack
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_onnxruntime_cpu(benchmark, onnx_model, threads, batch):
     card = load_card(onnx_model)
     backend = OnnxRuntimeBackend(onnx_model, card, "cpu", threads)
-    data = slices(batch, card.input_size)
+    data = slices(batch, card.input_size, card.channels)
     backend.run(data)  # warm-up
     benchmark.group = f"latency batch {batch}"
     benchmark.name = f"onnxruntime cpu {card.precision} {onnx_model.name} batch {batch}"
@@ -42,7 +42,7 @@ from spinedet.training.model import load_checkpoint
 torch.set_num_threads({threads})
 model, config, _ = load_checkpoint({checkpoint!r})
 model.eval()
-x = torch.rand({batch}, 1, *config.input_size, generator=torch.Generator().manual_seed(0)) ** 4
+x = torch.rand({batch}, config.in_channels, *config.input_size, generator=torch.Generator().manual_seed(0)) ** 4
 with torch.inference_mode():
     model(list(x))
     print("ready", flush=True)

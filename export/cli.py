@@ -47,8 +47,8 @@ def spine_export(
             from spinedet.runtime.trt_engine import load_or_build
 
             card = load_card(report.onnx_path)
-            _, key, path, built = load_or_build(report.onnx_path, card.precision, card.input_size, batch_max,
-                                                cache_dir)
+            _, key, path, built = load_or_build(report.onnx_path, card.precision,
+                                                (card.channels, *card.input_size), batch_max, cache_dir)
             say(f"{path}: TensorRT {key.tensorrt_version} engine for {key.gpu_name} "
                 f"(batch {key.batch_min}..{key.batch_max}) {'built' if built else 'reused from the cache'}")
     except SpineDetError as exc:

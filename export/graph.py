@@ -6,7 +6,7 @@ loops bake the batch size into the graph, its RoI level merge becomes a slow
 re-expresses the same computation with fixed shapes everywhere except the
 batch axis, using the trained modules unchanged:
 
-1. normalise the ``[B, 1, H, W]`` input with the model's mean/std;
+1. normalise the ``[B, C, H, W]`` input with the model's mean/std;
 2. backbone + FPN (5 levels, strides 4-64) and the RPN head;
 3. anchors precomputed as constants for the fixed input size;
 4. per level the top ``pre_nms_top_n`` objectness logits (static k), batched
@@ -109,13 +109,15 @@ class ExportableDetector(nn.Module):
     model: a torchvision FasterRCNN in eval mode whose transform only
         normalises (no resizing), with a single foreground class.
     input_size: ``(H, W)`` the graph is built for.
+    channels: input channels (2 for a model with depth context, see ``ModelConfig.depth_context_um``).
     half: run the convolutional and fully connected parts in float16 (a
         copy of the model is converted; ``model`` itself is not changed);
         box decoding, NMS and RoI Align coordinates stay float32.
     """
 
-    def __init__(self, model, input_size, half: bool = False):
+    def __init__(self, model, input_size, half: bool = False, channels: int = 1):
         super().__init__()
+        self.channels = int(channels)
         model = model.eval()
         self.dtype = torch.float16 if half else torch.float32
         if half:
@@ -153,7 +155,7 @@ class ExportableDetector(nn.Module):
         """Anchors per level and the RoI level scales, computed once for the fixed input size."""
         from torchvision.models.detection.image_list import ImageList
 
-        dummy = torch.zeros(1, 1, self.height, self.width)
+        dummy = torch.zeros(1, self.channels, self.height, self.width)
         features = [f.float() for f in self.backbone(dummy.to(self.dtype)).values()]
         anchors = model.rpn.anchor_generator(ImageList(dummy, [(self.height, self.width)]), features)[0]
         self.anchors_per_location = int(model.rpn.anchor_generator.num_anchors_per_location()[0])

@@ -43,8 +43,8 @@ class ExportReport:
 
 def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2) -> list[str]:
     """Trace ``model`` (a torchvision FasterRCNN built from ``config``) to ``out_path``; return hygiene problems."""
-    wrapper = ExportableDetector(model, config.input_size, half=fp16).eval()
-    example = torch.zeros(batch_example, 1, *config.input_size)
+    wrapper = ExportableDetector(model, config.input_size, half=fp16, channels=config.in_channels).eval()
+    example = torch.zeros(batch_example, config.in_channels, *config.input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about Python constants, all intended
         torch.onnx.export(

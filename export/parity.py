@@ -15,6 +15,7 @@ import torch
 
 from spinedet.runtime.backends import OnnxRuntimeBackend
 from spinedet.runtime.boxes import iou
+from spinedet.runtime.context import neighbour_projection
 from spinedet.runtime.postprocess import filter_detections
 
 #: (minimal fraction of torch detections matched, maximal |score difference|) per precision
@@ -22,8 +23,12 @@ TOLERANCE = {"fp32": (0.99, 1e-3), "fp16": (0.95, 3e-2)}
 BATCHES = (1, 3, 8)
 
 
-def builtin_slices(size, count: int = 8, seed: int = 0) -> np.ndarray:
-    """``(count, H, W)`` normalised slices: synthetic two-photon slices (or simple blobs) and one empty slice."""
+def builtin_inputs(size, channels: int = 1, count: int = 8, seed: int = 0) -> np.ndarray:
+    """``(count, C, H, W)`` model inputs: synthetic two-photon slices (or simple blobs) and one empty slice.
+
+    With two channels the second is each slice's depth context: the maximum
+    projection of it and its neighbours above and below.
+    """
     try:
         from spinedet.training.data import normalise_stack
         from spinedet.training.synth import make_stack
@@ -37,16 +42,21 @@ def builtin_slices(size, count: int = 8, seed: int = 0) -> np.ndarray:
             for x, y in rng.uniform(16, min(size) - 16, (12, 2)):
                 slices[k] += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0)
         slices = np.clip(slices + rng.normal(0, 0.03, slices.shape), 0, 1)
-    return np.concatenate([slices, np.zeros((1, *size), np.float32)]).astype(np.float32)
+    slices = np.concatenate([slices, np.zeros((1, *size), np.float32)]).astype(np.float32)
+    if channels == 1:
+        return slices[:, None]
+    stack = slices[:-1]
+    contexts = [neighbour_projection(stack, k, 1) for k in range(len(stack))] + [slices[-1]]
+    return np.stack([slices, np.stack(contexts)], axis=1)
 
 
 def torch_outputs(model, slices):
-    """Eager torch detections per slice: list of ``(boxes, scores)`` numpy arrays."""
+    """Eager torch detections for model inputs ``(N, C, H, W)``: list of ``(boxes, scores)`` numpy arrays."""
     model.eval()
     out = []
     with torch.inference_mode():
         for k in range(0, len(slices), 4):
-            batch = torch.from_numpy(np.ascontiguousarray(slices[k:k + 4]))[:, None]
+            batch = torch.from_numpy(np.ascontiguousarray(slices[k:k + 4]))
             for o in model(list(batch)):
                 out.append((o["boxes"].numpy().astype(np.float64), o["scores"].numpy().astype(np.float64)))
     return out
@@ -77,12 +87,16 @@ def compare(reference, candidate, score_tolerance: float, score_threshold: float
 
 
 def parity_report(model, onnx_path, card, extra_slices=None, batches=BATCHES) -> dict:
-    """Compare ``model`` (torch, eval) with ``onnx_path`` on built-in (+ extra) slices at several batch sizes."""
+    """Compare ``model`` (torch, eval) with ``onnx_path`` on built-in (+ extra) slices at several batch sizes.
+
+    extra_slices: ``(M, H, W)`` normalised slices (lone images: their own depth context).
+    """
     fraction, score_tolerance = TOLERANCE[card.precision]
-    slices = builtin_slices(card.input_size)
+    slices = builtin_inputs(card.input_size, card.channels)
     empty = len(slices) - 1  # the built-in set ends with an all-zero slice
     if extra_slices is not None and len(extra_slices):
-        slices = np.concatenate([slices, np.asarray(extra_slices, np.float32)])
+        extra = np.asarray(extra_slices, np.float32)[:, None]
+        slices = np.concatenate([slices, np.repeat(extra, card.channels, axis=1)])
     reference = torch_outputs(model, slices)
     backend = OnnxRuntimeBackend(onnx_path, card, "cpu")
     results = {}
@@ -90,7 +104,7 @@ def parity_report(model, onnx_path, card, extra_slices=None, batches=BATCHES) ->
     for b in batches:
         candidate = []
         for k in range(0, len(slices), b):
-            boxes, scores = backend.run(slices[k:k + b, None])
+            boxes, scores = backend.run(slices[k:k + b])
             candidate += [(bx.astype(np.float64), sc.astype(np.float64)) for bx, sc in zip(boxes, scores)]
         r = compare(reference, candidate, score_tolerance)
         r["fraction"] = r["matched"] / r["detections"] if r["detections"] else 1.0

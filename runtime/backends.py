@@ -75,14 +75,14 @@ class OnnxRuntimeBackend:
             raise SpineDetError(f"model does not follow the spinedet contract: needs input {INPUT_NAME!r} and "
                                 f"outputs {OUTPUT_NAMES}, has {sorted(inputs)} -> {sorted(outputs)}", self.path)
         shape = inputs[INPUT_NAME].shape
-        expected = [1, *self.card.input_size]
+        expected = [self.card.channels, *self.card.input_size]
         if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] not in (expected,):
             raise SpineDetError(f"model input {INPUT_NAME!r} has shape {shape}, the card says "
-                                f"[B, 1, {self.card.input_size[0]}, {self.card.input_size[1]}]", self.path)
+                                f"[B, {expected[0]}, {expected[1]}, {expected[2]}]", self.path)
         return 1 if shape[0] == 1 else None
 
     def run(self, batch: np.ndarray):
-        """``batch [B, 1, H, W]`` float32 -> ``(boxes [B, K, 4], scores [B, K])`` float32."""
+        """``batch [B, C, H, W]`` float32 -> ``(boxes [B, K, 4], scores [B, K])`` float32."""
         step = self.max_batch or len(batch)
         boxes, scores = [], []
         for start in range(0, len(batch), step):
@@ -118,7 +118,7 @@ class TensorRTBackend:
         self.path, self.card, self.device = Path(model_path), card, "trt"
         self.max_batch = int(batch_max)
         engine_bytes, self.key, self.engine_path, self.built = trt_engine.load_or_build(
-            model_path, card.precision, card.input_size, batch_max, cache_dir)
+            model_path, card.precision, (card.channels, *card.input_size), batch_max, cache_dir)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
@@ -127,7 +127,7 @@ class TensorRTBackend:
         self.stream = trt_engine.cuda_check(cudart.cudaStreamCreate())
         h, w = card.input_size
         k = card.max_detections
-        self._shapes = {INPUT_NAME: (1, h, w), OUTPUT_NAMES[0]: (k, 4), OUTPUT_NAMES[1]: (k,)}
+        self._shapes = {INPUT_NAME: (card.channels, h, w), OUTPUT_NAMES[0]: (k, 4), OUTPUT_NAMES[1]: (k,)}
         self._buffers = {}
         for name, shape in self._shapes.items():
             nbytes = self.max_batch * int(np.prod(shape)) * 4

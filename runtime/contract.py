@@ -4,11 +4,14 @@ This module is the one place that defines it; the exporter, the trainer and
 every backend follow it.
 
 Input
-    ``images``: float32, shape ``[B, 1, H, W]``.  ``B`` (the batch of slices)
+    ``images``: float32, shape ``[B, C, H, W]``.  ``B`` (the batch of slices)
     may be dynamic; ``H`` and ``W`` are the model's fixed input size in
-    pixels.  Each slice is normalised with :func:`normalise` using the
-    intensity range its stack gives (see :func:`intensity_range`), so 0 is
-    background and 1 is bright dendrite, whatever the bit depth.
+    pixels.  ``C`` is 1 (the slice) or, for a model with depth context, 2
+    (the slice and the maximum projection of its neighbours within
+    ``depth_context_um``; see :mod:`spinedet.runtime.context`).  Each channel
+    is normalised with :func:`normalise` using the intensity range its stack
+    gives (see :func:`intensity_range`), so 0 is background and 1 is bright
+    dendrite, whatever the bit depth.
 Outputs
     ``boxes``: float32, ``[B, K, 4]`` as ``(x_min, y_min, x_max, y_max)`` in
     input pixels; ``scores``: float32, ``[B, K]`` in [0, 1].  ``K`` is fixed
@@ -49,6 +52,8 @@ class ModelCard:
     score_threshold: boxes count when their confidence is above this.  0.5 is
         the paper's; a model's own operating point, chosen on calibration
         data (``spine-validate --calibrate``), may differ.
+    depth_context_um: > 0: the model's second input channel is the maximum projection of the
+        slices within this many µm above and below each slice; 0: one channel, the slice.
     metrics: measured validation metrics, free form, reported verbatim.
     export: how the graph was made (source checkpoint, proposals per slice, opset), free form.
     """
@@ -61,11 +66,17 @@ class ModelCard:
     tile_overlap_px: int = 64
     rescale_tolerance: float = 0.25
     score_threshold: float = 0.5
+    depth_context_um: float = 0.0
     name: str = "unnamed"
     precision: str = "fp32"
     metrics: dict = field(default_factory=dict)
     export: dict = field(default_factory=dict)
     format: int = CARD_FORMAT
+
+    @property
+    def channels(self) -> int:
+        """``C`` of the model input: 2 with depth context, else 1."""
+        return 2 if self.depth_context_um > 0 else 1
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -120,6 +131,8 @@ def _check_card(card: ModelCard) -> None:
         raise ValueError("tile_overlap_px must be below half the input size")
     if not 0 <= card.score_threshold < 1:
         raise ValueError("score_threshold must be in [0, 1)")
+    if not 0 <= card.depth_context_um <= 10:
+        raise ValueError("depth_context_um must be between 0 and 10 µm")
 
 
 def intensity_range(slices, card: ModelCard, max_pixels: int = 2_000_000) -> tuple[float, float]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import contract
 from .backends import open_backend
+from .context import neighbour_projection, reach_slices
 from .errors import SpineDetError
 from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, max_area_pixels
 from .spines import Spine, box_fluorescence, spine_from_track
@@ -54,6 +55,8 @@ class DetectionResult:
     timings: seconds spent per stage (read, infer, postprocess, track).
     mip: True if detection ran on the maximum-intensity projection.
     projection: the ``(Y, X)`` maximum-intensity projection, if asked for.
+    context_slices: slices above and below each slice in its depth context
+        (None: the model takes no depth context).
     """
 
     spines: list
@@ -64,6 +67,7 @@ class DetectionResult:
     timings: dict = field(default_factory=dict)
     mip: bool = False
     projection: np.ndarray | None = None
+    context_slices: int | None = None
 
 
 class _Clock:
@@ -132,12 +136,16 @@ class SpineDetector:
 
     # --- 2D ---------------------------------------------------------------------------------------------------------
 
-    def raw_detections(self, images, pixel_size_um: float | None, intensity_range) -> list:
+    def raw_detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None) -> list:
         """The model's boxes for each 2D image, in that image's pixels, before post-processing.
 
         images: sequence of ``(Y, X)`` raw slices of one stack.  Handles
         rescaling, normalisation with ``intensity_range`` (low, high), padding
-        and tiling.  Returns one ``(boxes (M, 4), scores (M,))`` per image.
+        and tiling.  contexts: for a model with depth context, each image's
+        neighbour projection ``(Y, X)``, raw like the image
+        (:mod:`~spinedet.runtime.context`); None: each image is its own
+        context (a lone 2D image).  A one-channel model ignores them.
+        Returns one ``(boxes (M, 4), scores (M,))`` per image.
         """
         card = self.card
         factor = self._rescale_factor(pixel_size_um)
@@ -151,13 +159,20 @@ class SpineDetector:
             if min(shape) < MIN_SIDE_PX:
                 raise SpineDetError(f"image is {image.shape[1]}x{image.shape[0]} px"
                                     f"{' after rescaling' if factor != 1.0 else ''}: smaller than a spine")
-            model_image = contract.normalise(image, *intensity_range)
-            if factor != 1.0:
-                model_image = resize(model_image, shape)
+            channels = [image]
+            if card.channels > 1:
+                context = image if contexts is None else np.asarray(contexts[k])
+                if context.shape != image.shape:
+                    raise SpineDetError(f"depth context of shape {context.shape} for a slice of shape {image.shape}")
+                channels.append(context)
+            model_channels = []
+            for channel in channels:
+                channel = contract.normalise(channel, *intensity_range)
+                model_channels.append(resize(channel, shape) if factor != 1.0 else channel)
             origins = plan_tiles(shape, card.input_size, card.tile_overlap_px)
             plans.append((shape, origins, (shape[1] / image.shape[1], shape[0] / image.shape[0])))
             for origin in origins:
-                tiles.append(cut_tile(model_image, origin, card.input_size))
+                tiles.append(np.stack([cut_tile(channel, origin, card.input_size) for channel in model_channels]))
                 owners.append((k, origin))
         raw_boxes, raw_scores = self._run_tiles(tiles)
         per_image = [([], []) for _ in images]
@@ -193,7 +208,7 @@ class SpineDetector:
     def _run_tiles(self, tiles):
         boxes, scores = [], []
         for start in range(0, len(tiles), self.batch):
-            batch = np.stack(tiles[start:start + self.batch])[:, None]
+            batch = np.stack(tiles[start:start + self.batch])  # [B, C, H, W]
             b, s = self.backend.run(batch)
             boxes.extend(b)
             scores.extend(s)
@@ -206,13 +221,47 @@ class SpineDetector:
             cap = max_area_pixels(self.max_area_um2, pixel_size_um or self.card.pixel_size_um)
         return filter_detections(boxes, scores, self.score_threshold, cap, self.nms_iom)
 
-    def detections(self, images, pixel_size_um: float | None, intensity_range) -> list:
+    def detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None) -> list:
         """The spines' boxes in each 2D image: :meth:`raw_detections`, then :meth:`postprocess`.
 
         Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by decreasing score.
         """
         return [self.postprocess(boxes, scores, pixel_size_um)
-                for boxes, scores in self.raw_detections(images, pixel_size_um, intensity_range)]
+                for boxes, scores in self.raw_detections(images, pixel_size_um, intensity_range, contexts)]
+
+    def context_reach(self, z_step_um: float | None) -> int | None:
+        """Slices on each side in a slice's depth context at ``z_step_um`` (None: the model takes none)."""
+        if self.card.channels == 1:
+            return None
+        return reach_slices(self.card.depth_context_um, z_step_um)
+
+    def slice_detections(self, stack, voxel_size=None) -> list:
+        """Post-processed ``(boxes, scores)`` of every slice of ``stack``, as :meth:`detect` finds them before tracking.
+
+        stack, voxel_size: as for :meth:`detect`.
+        """
+        slices, z_index, voxel = self._as_slices(stack, voxel_size)
+        found = self._each_slice(slices, z_index, voxel, self.intensity_range(slices), _Clock())
+        return [(boxes, scores) for _, _, boxes, scores in found]
+
+    def _each_slice(self, slices, z_index, voxel: VoxelSize, intensity_range, clock, progress=None):
+        """Yield ``(z, raw slice, boxes, scores)`` slice by slice, top first, post-processed."""
+        reach = self.context_reach(voxel.z_um)
+        step = self.slices_per_call(np.shape(slices[0]), voxel.x_um)
+        for start in range(0, len(slices), step):
+            stop = min(start + step, len(slices))
+            with clock("read"):
+                chunk = [np.asarray(slices[k]) for k in range(start, stop)]
+                contexts = None if reach is None else [neighbour_projection(slices, k, reach)
+                                                       for k in range(start, stop)]
+            with clock("infer"):
+                raw = self.raw_detections(chunk, voxel.x_um, intensity_range, contexts)
+            for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
+                with clock("postprocess"):
+                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um)
+                yield z_index[start + offset], image, boxes, scores
+            if progress is not None:
+                progress(stop, len(slices))
 
     def intensity_range(self, slices) -> tuple[float, float]:
         """The raw ``(low, high)`` that map to 0 and 1 for a whole stack (the card's percentiles).
@@ -250,26 +299,20 @@ class SpineDetector:
                 slices, z_index = [maximum], [0]
         stream = SliceStream(self, voxel, (low, high))
         spines = []
-        step = self.slices_per_call(shape[1:], voxel.x_um)
-        for start in range(0, len(slices), step):
-            with clock("read"):
-                chunk = [np.asarray(slices[k]) for k in range(start, min(start + step, len(slices)))]
-                if projection and not mip:
-                    maximum = max_projection(chunk if maximum is None else [maximum] + chunk)
-            with clock("infer"):
-                raw = self.raw_detections(chunk, voxel.x_um, (low, high))
-            for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
-                with clock("postprocess"):
-                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um)
-                with clock("track"):
-                    spines += stream.add_detections(z_index[start + offset], image, boxes, scores)
-            if progress is not None:
-                progress(min(start + step, len(slices)), len(slices))
+        for z, image, boxes, scores in self._each_slice(slices, z_index, voxel, (low, high), clock, progress):
+            if projection and not mip:
+                with clock("read"):
+                    maximum = image.copy() if maximum is None else np.maximum(maximum, image, out=maximum)
+            with clock("track"):
+                spines += stream.add_detections(z, image, boxes, scores)
         with clock("track"):
             spines += stream.finish()
         spines.sort(key=lambda s: s.spine_id)
+        context = self.context_reach(voxel.z_um)
+        if mip and context is not None:
+            context = 0  # the projection is its own context
         return DetectionResult(spines, tracks_to_table(spines), shape, voxel, (low, high), clock.seconds, mip,
-                               maximum if (projection or mip) else None)
+                               maximum if (projection or mip) else None, context)
 
     def stream(self, voxel_size=None, intensity_range=None) -> "SliceStream":
         """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
@@ -307,9 +350,11 @@ def max_projection(slices) -> np.ndarray:
 class SliceStream:
     """Detection and tracking for slices that arrive one by one.
 
-    :meth:`add_slice` detects in one raw slice and returns the spines whose
-    tracks that slice closed; :meth:`finish` closes the rest.  Spine ids are
-    stable from the moment a spine is first seen.
+    :meth:`add_slice` takes one raw slice and returns the spines whose tracks
+    have closed; :meth:`finish` closes the rest.  Spine ids are stable from
+    the moment a spine is first seen.  A model with depth context needs the
+    slices below a slice before it can search it, so detection runs
+    :attr:`lag` slices behind the newest slice (0 for a slice-only model).
     """
 
     def __init__(self, detector: SpineDetector, voxel_size: VoxelSize, intensity_range=None):
@@ -317,29 +362,62 @@ class SliceStream:
         self.voxel_size = voxel_size
         self.intensity_range = intensity_range
         self.tracker = SliceTracker(detector.link_iom, detector.max_misses)
+        reach = detector.context_reach(voxel_size.z_um)
+        self._reach = reach
+        self.lag = reach or 0
+        self._received: list[tuple[int, np.ndarray]] = []  # recent (z, slice): the waiting ones and their context
+        self._waiting = 0  # how many of the newest received slices are not searched yet
         self._next_z = 0
 
     def add_slice(self, image, z: int | None = None) -> list[Spine]:
-        """Detect in one raw ``(Y, X)`` slice (slice number ``z``, default: the next) and track."""
+        """Take one raw ``(Y, X)`` slice (slice number ``z``, default: the next); return the spines that closed."""
         image = np.asarray(image)
-        z = self._next_z if z is None else z
+        z = self._next_z if z is None else int(z)
+        if self._received and z <= self._received[-1][0]:
+            raise SpineDetError(f"slices must arrive in increasing z order (got {z} after {self._received[-1][0]})")
+        self._next_z = z + 1
+        self._received.append((z, image))
+        self._waiting += 1
+        return self._search(final=False)
+
+    def add_detections(self, z: int, image, boxes, scores) -> list[Spine]:
+        """Track one slice's post-processed detections (found elsewhere); ``image`` is the raw slice, for fluorescence."""
+        values = box_fluorescence(np.asarray(image), boxes)
+        self._next_z = max(self._next_z, z + 1)
+        return self._spines(self.tracker.add_slice(z, boxes, scores, values))
+
+    def finish(self) -> list[Spine]:
+        """Search the slices still waiting and close all open tracks: the stack has ended."""
+        closed = self._search(final=True)
+        return closed + self._spines(self.tracker.finish())
+
+    def _search(self, final: bool) -> list[Spine]:
+        """Detect in every waiting slice whose neighbours below have arrived (all of them if ``final``)."""
+        closed = []
+        newest = self._received[-1][0] if self._received else 0
+        while self._waiting:
+            z, image = self._received[len(self._received) - self._waiting]
+            if not final and newest - z < self.lag:
+                break
+            self._waiting -= 1
+            closed += self._search_slice(z, image)
+            # keep only what the next waiting slice's context can still use
+            keep_from = z + 1 - self.lag
+            self._received = [(zz, im) for zz, im in self._received if zz >= keep_from]
+        return closed
+
+    def _search_slice(self, z: int, image) -> list[Spine]:
         if self.intensity_range is None:
             low, high = contract.intensity_range([image], self.detector.card)
             if high <= low:  # a blank slice (shutter closed, dark frame) has no contrast to set the range by
                 return self.add_detections(z, image, np.zeros((0, 4)), np.zeros(0))
             self.intensity_range = (low, high)
-        (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range)
+        contexts = None
+        if self._reach is not None:
+            near = [im for zz, im in self._received if abs(zz - z) <= self._reach]
+            contexts = [neighbour_projection(near, 0, len(near))]
+        (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range, contexts)
         return self.add_detections(z, image, boxes, scores)
-
-    def add_detections(self, z: int, image, boxes, scores) -> list[Spine]:
-        """Track one slice's post-processed detections; ``image`` is the raw slice, for fluorescence."""
-        values = box_fluorescence(np.asarray(image), boxes)
-        self._next_z = z + 1
-        return self._spines(self.tracker.add_slice(z, boxes, scores, values))
-
-    def finish(self) -> list[Spine]:
-        """Close all open tracks: the stack has ended."""
-        return self._spines(self.tracker.finish())
 
     def _spines(self, tracks) -> list[Spine]:
         return [spine_from_track(t, self.voxel_size.z_um, self.voxel_size.x_um) for t in tracks]

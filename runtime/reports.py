@@ -49,6 +49,7 @@ def summary(result, source: Path, model_path: Path, settings: dict) -> dict:
         "shape_zyx": list(result.shape),
         "voxel_size_um": {"x": voxel.x_um, "y": voxel.x_um, "z": voxel.z_um, "source": voxel.source},
         "mode": "maximum projection" if result.mip else "3D tracking",
+        "depth_context_slices_each_side": result.context_slices,
         "model": str(model_path),
         "settings": settings,
         "intensity_range": list(result.intensity_range),

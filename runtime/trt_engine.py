@@ -57,10 +57,10 @@ def batch_profile(batch_max: int) -> tuple[int, int, int]:
     return 1, opt, int(batch_max)
 
 
-def profile_shapes(input_size, batch_max: int):
-    """The ``(min, opt, max)`` input shapes ``[B, 1, H, W]`` of the optimisation profile."""
-    h, w = input_size
-    return tuple((b, 1, int(h), int(w)) for b in batch_profile(batch_max))
+def profile_shapes(input_shape, batch_max: int):
+    """The ``(min, opt, max)`` input shapes ``[B, C, H, W]`` of the optimisation profile; input_shape ``(C, H, W)``."""
+    c, h, w = input_shape
+    return tuple((b, int(c), int(h), int(w)) for b in batch_profile(batch_max))
 
 
 def make_key(onnx_path, precision: str, batch_max: int, gpu: tuple[str, str], tensorrt_version: str) -> EngineKey:
@@ -152,8 +152,8 @@ def current_gpu() -> tuple[str, str]:
     return name.strip("\x00 "), f"{props.major}.{props.minor}"
 
 
-def build_engine(onnx_path, key: EngineKey, input_size, timing_cache=None) -> bytes:
-    """Build a serialised engine for ``key`` from ``onnx_path`` (TensorRT 10 API)."""
+def build_engine(onnx_path, key: EngineKey, input_shape, timing_cache=None) -> bytes:
+    """Build a serialised engine for ``key`` from ``onnx_path`` (TensorRT 10 API); input_shape ``(C, H, W)``."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -171,7 +171,7 @@ def build_engine(onnx_path, key: EngineKey, input_size, timing_cache=None) -> by
     if key.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)  # older TensorRT: weakly typed networks
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *profile_shapes(input_size, key.batch_max))
+    profile.set_shape(INPUT_NAME, *profile_shapes(input_shape, key.batch_max))
     config.add_optimization_profile(profile)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
@@ -185,8 +185,11 @@ def build_engine(onnx_path, key: EngineKey, input_size, timing_cache=None) -> by
     return bytes(engine)
 
 
-def load_or_build(onnx_path, precision: str, input_size, batch_max: int = 16, cache_dir=None):
-    """``(engine_bytes, key, path, built)``: the cached engine if it matches, else a freshly built one."""
+def load_or_build(onnx_path, precision: str, input_shape, batch_max: int = 16, cache_dir=None):
+    """``(engine_bytes, key, path, built)``: the cached engine if it matches, else a freshly built one.
+
+    input_shape: ``(C, H, W)`` of the model input (the card's channels and input size).
+    """
     trt = require_tensorrt()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = make_key(onnx_path, precision, batch_max, current_gpu(), trt.__version__)
@@ -194,6 +197,6 @@ def load_or_build(onnx_path, precision: str, input_size, batch_max: int = 16, ca
     engine = read_engine(path, key)
     if engine is not None:
         return engine, key, path, False
-    engine = build_engine(onnx_path, key, input_size, cache_dir / f"timing-{key.gpu_name.replace(' ', '_')}.cache")
+    engine = build_engine(onnx_path, key, input_shape, cache_dir / f"timing-{key.gpu_name.replace(' ', '_')}.cache")
     write_engine(path, key, engine)
     return engine, key, path, True

@@ -9,6 +9,11 @@ normalised units) is a detection, boxed by a square of half-width
 A tiny ramp over pixel positions breaks ties, so a plateau (intensities
 clipped at 1 by normalisation) gives one peak, at its top-left pixel.
 Bright round blobs on a dark background are therefore found where they are.
+
+``depth_context_um > 0`` makes a two-channel model (``[B, 2, H, W]``) that
+looks for its peaks in the *context* channel only, so a blob in one slice is
+found in every slice whose neighbour projection holds it: a direct test that
+the runtime feeds the right context.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, window: int = 9,
                      min_peak: float = 0.3, pixel_size_um: float = 0.1, batch=None, card_extra=None,
-                     score_scale: float = 1.0) -> Path:
+                     score_scale: float = 1.0, depth_context_um: float = 0.0) -> Path:
     """Write the ONNX file and its card (same stem, .json) to ``path``; return the ONNX path."""
     import onnx
     from onnx import TensorProto, helper
@@ -29,14 +34,18 @@ def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, 
     h, w = size
     pad = window // 2
     b = "B" if batch is None else batch
-    nodes = [
-        helper.make_node("Add", ["images", "ramp"], ["ramped"]),
+    channels = 2 if depth_context_um > 0 else 1
+    source = "images" if channels == 1 else "plane"
+    nodes = [] if channels == 1 else [helper.make_node("Slice", ["images", "second", "third", "channel_axis"],
+                                                       ["plane"])]
+    nodes += [
+        helper.make_node("Add", [source, "ramp"], ["ramped"]),
         helper.make_node("MaxPool", ["ramped"], ["pooled"], kernel_shape=[window, window], strides=[1, 1],
                          pads=[pad, pad, pad, pad]),
         helper.make_node("Equal", ["ramped", "pooled"], ["is_max"]),
-        helper.make_node("Greater", ["images", "min_peak"], ["bright"]),
+        helper.make_node("Greater", [source, "min_peak"], ["bright"]),
         helper.make_node("And", ["is_max", "bright"], ["is_peak"]),
-        helper.make_node("Where", ["is_peak", "images", "zero"], ["peak_map"]),
+        helper.make_node("Where", ["is_peak", source, "zero"], ["peak_map"]),
         helper.make_node("Reshape", ["peak_map", "flat_shape"], ["flat"]),
         helper.make_node("TopK", ["flat", "k"], ["peaks", "index"], axis=1, largest=1, sorted=1),
         helper.make_node("Mul", ["peaks", "score_scale"], ["scores"]),
@@ -67,9 +76,13 @@ def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, 
         helper.make_tensor("half_box", TensorProto.FLOAT, [], [half_box]),
         helper.make_tensor("last_axis", TensorProto.INT64, [1], [2]),
     ]
+    if channels > 1:
+        inits += [helper.make_tensor("second", TensorProto.INT64, [1], [1]),
+                  helper.make_tensor("third", TensorProto.INT64, [1], [2]),
+                  helper.make_tensor("channel_axis", TensorProto.INT64, [1], [1])]
     graph = helper.make_graph(
         nodes, "blob_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [b, 1, h, w])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [b, channels, h, w])],
         [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [b, k, 4]),
          helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, k])],
         inits)
@@ -79,7 +92,7 @@ def build_blob_model(path, size=(128, 128), k: int = 20, half_box: float = 6.0, 
     path = Path(path)
     onnx.save(model, str(path))
     card = {"input_size": [h, w], "pixel_size_um": pixel_size_um, "max_detections": k, "tile_overlap_px": 32,
-            "name": "blob-test", "metrics": {}, **(card_extra or {})}
+            "name": "blob-test", "metrics": {}, "depth_context_um": depth_context_um, **(card_extra or {})}
     path.with_suffix(".json").write_text(json.dumps(card))
     return path
 

@@ -78,6 +78,28 @@ def test_streaming_sets_its_range_from_the_first_slice_that_is_not_blank(blob_mo
     assert sorted((s.z[0] - 2, s.z[-1] - 2) for s in found) == sorted((s.z[0], s.z[-1]) for s in whole.spines)
 
 
+def test_depth_context_is_the_projection_of_the_neighbours(tmp_path):
+    # this model finds blobs in its context channel only: where a slice's neighbour projection holds them
+    model = build_blob_model(tmp_path / "depth.onnx", depth_context_um=0.5)
+    stack = synthetic_stack()
+    detector = SpineDetector(model)
+    z_ranges = lambda spines: sorted((s.z[0], s.z[-1], len(s.z)) for s in spines)
+    # 0.5 µm steps: one slice above and below; spine 2 (slices 2-4, 6) is seen from 1 to 7, spine 3 (7-8) from 6 to 9
+    result = detector.detect(stack, voxel_size=(0.5, 0.1, 0.1))
+    assert z_ranges(result.spines) == [(0, 9, 10), (1, 7, 7), (6, 9, 4)] and result.context_slices == 1
+    # 1 µm steps: no neighbour within 0.5 µm, the context is the slice itself
+    assert z_ranges(detector.detect(stack, voxel_size=(1.0, 0.1, 0.1)).spines) == [(0, 9, 10), (2, 6, 4), (7, 8, 2)]
+    # streamed: the same spines, each slice searched once the slice below it has arrived
+    stream = detector.stream(voxel_size=(0.5, 0.1, 0.1), intensity_range=result.intensity_range)
+    assert stream.lag == 1
+    found = []
+    for image in stack:
+        found += stream.add_slice(image)
+    found += stream.finish()
+    assert z_ranges(found) == z_ranges(result.spines)
+    assert detector.slice_detections(stack, (0.5, 0.1, 0.1))[1][0].shape == (2, 4)  # spines 1 and 2 in slice 1
+
+
 def test_max_projection_mode(blob_model):
     result = SpineDetector(blob_model).detect(synthetic_stack(), mip=True, projection=True)
     assert result.mip and len(result.spines) == 3
@@ -167,3 +189,17 @@ def test_missing_gpu_provider_is_a_clear_error(blob_model):
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(SpineDetError, match="needs onnxruntime with CUDAExecutionProvider"):
         SpineDetector(blob_model, device="cuda")
+
+
+def test_card_and_model_must_agree_on_depth_context(blob_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(blob_model, model)
+    card = json.loads(blob_model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**card, "depth_context_um": 1.0}))  # the graph takes 1 channel
+    with pytest.raises(SpineDetError, match=r"the card says \[B, 2, 128, 128\]"):
+        SpineDetector(model)
+    model.with_suffix(".json").write_text(json.dumps({**card, "depth_context_um": 50}))
+    with pytest.raises(SpineDetError, match="depth_context_um"):
+        SpineDetector(model)

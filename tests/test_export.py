@@ -11,7 +11,7 @@ from typer.testing import CliRunner  # noqa: E402
 from spinedet.export.cli import app  # noqa: E402
 from spinedet.export.hygiene import FORBIDDEN_OPS, TENSORRT_OPS, check_graph  # noqa: E402
 from spinedet.export.onnx_export import export_onnx  # noqa: E402
-from spinedet.export.parity import builtin_slices, compare, torch_outputs  # noqa: E402
+from spinedet.export.parity import builtin_inputs, compare, torch_outputs  # noqa: E402
 from spinedet.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from spinedet.runtime.contract import load_card  # noqa: E402
 from spinedet.runtime.detector import SpineDetector  # noqa: E402
@@ -77,16 +77,16 @@ def test_fp16_is_smaller_and_close(exported):
 def test_batch_is_dynamic_and_empty_slice_agrees(exported, checkpoint):
     card = load_card(exported["fp32"].onnx_path)
     backend = OnnxRuntimeBackend(exported["fp32"].onnx_path, card)
-    slices = builtin_slices(SIZE, count=5)
+    slices = builtin_inputs(SIZE, count=5)
     reference = torch_outputs(checkpoint[1], slices)
     for b in (1, 2, 5):
-        boxes, scores = backend.run(slices[:b, None])
+        boxes, scores = backend.run(slices[:b])
         assert boxes.shape == (b, 80, 4) and scores.shape == (b, 80)
         r = compare(reference[:b], list(zip(boxes.astype(float), scores.astype(float))), 1e-3)
         assert r["matched"] == r["detections"]
     empty = np.zeros((1, 1, *SIZE), np.float32)
     boxes, scores = backend.run(empty)
-    ref = torch_outputs(checkpoint[1], empty[:, 0])[0]
+    ref = torch_outputs(checkpoint[1], empty)[0]
     r = compare([ref], [(boxes[0].astype(float), scores[0].astype(float))], 1e-3)
     assert r["matched"] == r["detections"] and r["unmatched_extra"] == 0
 
@@ -103,6 +103,31 @@ def test_context_pooling_exports_with_parity(tmp_path):
     assert check_graph(model) == []
     assert report.parity["ok"] and all(report.parity[f"batch_{b}"]["fraction"] >= 0.99 for b in (1, 3, 8))
     assert load_card(report.onnx_path).export["roi_context_px"] == 12
+
+
+def test_depth_context_exports_with_parity_and_runs(tmp_path):
+    """A model that also sees its neighbours' projection: a [B, 2, H, W] input, clean, matching torch, runnable."""
+    from spinedet.training.model import load_for_finetuning
+
+    torch.manual_seed(4)
+    config = ModelConfig(input_size=SIZE, fpn_channels=32, representation_size=64, roi_levels=("0",))
+    save_checkpoint(tmp_path / "flat.pt", build_model(config).eval(), config)
+    model, widened = load_for_finetuning(tmp_path / "flat.pt", depth_context_um=1.0)
+    with torch.no_grad():  # a context channel that matters, so parity tests it
+        model.backbone.stages[0][0][0].weight[:, 1].normal_(0, 0.3)
+    save_checkpoint(tmp_path / "depth.pt", model, widened)
+    report = export_onnx(tmp_path / "depth.pt", tmp_path / "depth.onnx")
+    graph = onnx.load(str(report.onnx_path))
+    assert [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == ["B", 2, *SIZE]
+    assert check_graph(graph) == []
+    assert report.parity["ok"] and report.parity["batch_3"]["detections"] > 0
+    card = load_card(report.onnx_path)
+    assert card.depth_context_um == 1.0 and card.channels == 2
+    inputs = builtin_inputs(SIZE, channels=2, count=4)
+    assert inputs.shape == (4, 2, *SIZE) and np.all(inputs[:, 1] >= inputs[:, 0])  # a projection includes its slice
+    rng = np.random.default_rng(0)
+    stack = (rng.random((3, 200, 150)) * 1000).astype(np.uint16)
+    assert SpineDetector(report.onnx_path, batch=4).detect(stack, voxel_size=(0.5, 0.1, 0.1)).shape == (3, 200, 150)
 
 
 def test_exported_model_runs_in_the_runtime(exported):

@@ -230,3 +230,27 @@ def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
     assert M.load_for_finetuning(tmp_path / "w.pt")[1].roi_context_px == 12
     with pytest.raises(ValueError, match="context"):
         M.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)
+
+
+def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
+    """A second input channel (the neighbour projection) with zero weights: same detections until it trains."""
+    torch.manual_seed(5)
+    config = ModelConfig(pretrained=False, box_score_thresh=0.0, roi_levels=("0",), **MNV2)
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "c.pt", model, config)
+    deep, deep_config = M.load_for_finetuning(tmp_path / "c.pt", depth_context_um=1.5)
+    assert deep_config.depth_context_um == 1.5 and deep_config.in_channels == 2
+    first = deep.backbone.stages[0][0][0]
+    assert first.weight.shape[1] == 2 and not first.weight[:, 1].any()
+    x, context = torch.rand(1, 128, 128), torch.rand(1, 128, 128)
+    with torch.inference_mode():
+        a, b = model([x])[0], deep.eval()([torch.cat([x, context])])[0]
+    torch.testing.assert_close(a["scores"], b["scores"])
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    assert deep_config.to_card().depth_context_um == 1.5 and deep_config.to_card().channels == 2
+    # with a frozen ImageNet stem the first convolution still trains: its context weights must learn
+    frozen = build_model(ModelConfig(pretrained=True, depth_context_um=1.5, roi_levels=("0",), **SMALL),
+                         pretrained=False)
+    stem = frozen.backbone.stages[0]
+    assert stem[0][0].weight.requires_grad
+    assert not any(p.requires_grad for name, p in stem.named_parameters() if name != "0.0.weight")

@@ -87,6 +87,33 @@ def test_crops_centre_on_hard_negatives_when_asked():
         assert out.max() > 0.5
 
 
+def test_augment_moves_a_slice_and_its_depth_context_together():
+    rng = np.random.default_rng(3)
+    image = rng.random((96, 80)).astype(np.float32)
+    boxes = np.array([[10, 20, 30, 44]], np.float32)
+    linear = A.AugmentConfig(crop=64, p_rescale=1.0, p_blur=1.0, p_noise=0.0, p_intensity=0.0, p_quantise=0.0,
+                             p_flat_context=0.0)
+    for seed in range(4):
+        single, single_boxes = A.augment(image, boxes, np.random.default_rng(seed), linear)
+        both, both_boxes = A.augment(np.stack([image, 0.5 * image]), boxes, np.random.default_rng(seed), linear)
+        # same geometry as the slice alone, and rescale, crop, orientation and blur are linear
+        np.testing.assert_allclose(both[0], single, atol=1e-6)
+        np.testing.assert_allclose(both[1], 0.5 * single, atol=1e-6)
+        np.testing.assert_array_equal(both_boxes, single_boxes)
+    flat, _ = A.augment(np.stack([image, 0.5 * image]), boxes, rng, A.AugmentConfig(crop=64, p_flat_context=1.0))
+    np.testing.assert_array_equal(flat[0], flat[1])  # a lone 2D image is its own context
+
+
+def test_samples_carry_their_neighbour_projection():
+    image = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    table = BoxTable.from_rows([1], [2], [[4, 4, 12, 12]], [1])
+    samples = samples_from_stack(image, table, "s", "x", context_reach=1)
+    np.testing.assert_array_equal(samples[2].context, image[1:4].max(axis=0))
+    np.testing.assert_array_equal(samples[0].context, image[0:2].max(axis=0))
+    assert samples[2].model_input(2).shape == (2, 32, 32) and samples[2].model_input(1) is samples[2].image
+    assert samples_from_stack(image, table, "s", "x")[2].context is None
+
+
 def test_augment_is_seeded_and_stays_in_range():
     image = np.random.default_rng(0).random((200, 200)).astype(np.float32)
     boxes = np.array([[50, 50, 70, 66], [120, 10, 140, 30]], np.float32)

@@ -25,7 +25,8 @@ def test_profile_covers_batch_1_to_max():
     assert batch_profile(16) == (1, 16, 16)
     assert batch_profile(12) == (1, 8, 12)
     assert batch_profile(1) == (1, 1, 1)
-    assert profile_shapes((512, 512), 8) == ((1, 1, 512, 512), (8, 1, 512, 512), (8, 1, 512, 512))
+    assert profile_shapes((1, 512, 512), 8) == ((1, 1, 512, 512), (8, 1, 512, 512), (8, 1, 512, 512))
+    assert profile_shapes((2, 256, 256), 6)[2] == (6, 2, 256, 256)  # a model with depth context
     with pytest.raises(SpineDetError):
         batch_profile(0)
 

@@ -47,11 +47,11 @@ def test_raising_the_threshold_afterwards_equals_detecting_at_it(blob_model):
     """The sweep's shortcut: filter post-processed detections and re-track == run the detector at that threshold."""
     from spinedet.runtime.detector import SpineDetector
     from spinedet.training.synth import make_stack
-    from spinedet.training.validate import slice_detections, tracked_above
+    from spinedet.training.validate import tracked_above
 
     stack = make_stack(4, shape=(6, 128, 128), pixel_size_um=0.1, signal_photons=100.0)
     low = SpineDetector(blob_model, score_threshold=0.5)
-    found = slice_detections(low, stack.image, stack.voxel_size[2])
+    found = low.slice_detections(stack.image, stack.voxel_size)
     compared = 0
     for t in (0.5, 0.6, 0.75, 0.9):
         direct = SpineDetector(blob_model, score_threshold=t).detect(stack.image, voxel_size=stack.voxel_size).table

@@ -1,4 +1,8 @@
-"""In-place data augmentation for training slices: numpy on ``(image HxW float32 in 0..1, boxes Nx4)``.
+"""In-place data augmentation for training slices: numpy on ``(image float32 in 0..1, boxes Nx4)``.
+
+Images are ``(H, W)`` or ``(C, H, W)`` (a slice and its depth context,
+:mod:`spinedet.runtime.context`); every channel gets the same geometry and
+intensity changes.
 
 The paper's recipe (section *Network training*): the eight dihedral
 orientations (90° rotation, vertical and horizontal flips), then Gaussian
@@ -42,6 +46,8 @@ class AugmentConfig:
     p_intensity, gain, offset, gamma: intensity jitter ``clip(gain * x ** gamma + offset)``.
     p_quantise, levels: quantise to a random number of grey levels (dim 8-bit stacks).
     min_box_fraction: a box cut by the crop is kept if this fraction of its area remains.
+    p_flat_context: for a ``(2, H, W)`` image, probability that the depth context is replaced by
+        the slice itself, as for a lone 2D image, so the model also works without neighbours.
     """
 
     crop: int | None = 256
@@ -61,12 +67,13 @@ class AugmentConfig:
     p_quantise: float = 0.2
     levels: tuple = (12, 256)
     min_box_fraction: float = 0.5
+    p_flat_context: float = 0.2
 
     @classmethod
     def none(cls, crop: int | None = None) -> "AugmentConfig":
         """No augmentation at all (optionally still cropping)."""
         return cls(crop=crop, p_box_centred=0.0, p_negative_centred=0.0, p_rescale=0.0, dihedral=False,
-                   p_noise=0.0, p_blur=0.0, p_intensity=0.0, p_quantise=0.0)
+                   p_noise=0.0, p_blur=0.0, p_intensity=0.0, p_quantise=0.0, p_flat_context=0.0)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -81,14 +88,14 @@ def dihedral(image: np.ndarray, boxes, k: int):
     image = np.asarray(image)
     b = as_boxes(boxes, np.float32).copy()
     if k & 1:
-        image = image.T
+        image = image.swapaxes(-1, -2)
         b = b[:, [1, 0, 3, 2]]
-    h, w = image.shape
+    h, w = image.shape[-2:]
     if k & 2:
-        image = image[:, ::-1]
+        image = image[..., ::-1]
         b[:, [0, 2]] = w - b[:, [2, 0]]
     if k & 4:
-        image = image[::-1, :]
+        image = image[..., ::-1, :]
         b[:, [1, 3]] = h - b[:, [3, 1]]
     return np.ascontiguousarray(image), b
 
@@ -98,14 +105,14 @@ def rescale(image: np.ndarray, boxes, scale: float):
     import torch
     import torch.nn.functional as F
 
-    h, w = image.shape
+    h, w = image.shape[-2:]
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (nh, nw) == (h, w):
         return image, as_boxes(boxes, np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape(1, -1, h, w)
     out = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
     b = as_boxes(boxes, np.float32) * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
-    return out[0, 0].numpy(), b
+    return out.reshape(image.shape[:-2] + (nh, nw)).numpy(), b
 
 
 def crop(image: np.ndarray, boxes, y0: int, x0: int, size: int, min_box_fraction: float = 0.5):
@@ -114,12 +121,12 @@ def crop(image: np.ndarray, boxes, y0: int, x0: int, size: int, min_box_fraction
     Boxes are clipped to the window; a box keeps its place if at least
     ``min_box_fraction`` of its area stays inside, else it is dropped.
     """
-    h, w = image.shape
-    out = np.zeros((size, size), dtype=np.float32)
+    h, w = image.shape[-2:]
+    out = np.zeros(image.shape[:-2] + (size, size), dtype=np.float32)
     ys, xs = max(0, y0), max(0, x0)
     ye, xe = min(h, y0 + size), min(w, x0 + size)
     if ye > ys and xe > xs:
-        out[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+        out[..., ys - y0:ye - y0, xs - x0:xe - x0] = image[..., ys:ye, xs:xe]
     b = as_boxes(boxes, np.float32) - np.array([x0, y0, x0, y0], dtype=np.float32)
     area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     clipped = np.clip(b, 0, size)
@@ -149,7 +156,7 @@ def random_crop(image: np.ndarray, boxes, size: int, rng: np.random.Generator, p
     lists any) it contains a random negative box, else with probability
     ``p_box_centred`` a random box, else it is placed uniformly.
     """
-    h, w = image.shape
+    h, w = image.shape[-2:]
     b = as_boxes(boxes, np.float32)
     neg = as_boxes([] if negatives is None else negatives, np.float32)
     if len(neg) and p_negative_centred > 0 and rng.random() < p_negative_centred:
@@ -173,18 +180,20 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with reflected borders."""
+    """Separable Gaussian blur of the last two axes (sigma in pixels) with reflected borders."""
     k = gaussian_kernel(sigma)
     r = len(k) // 2
     out = np.asarray(image, dtype=np.float32)
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
+    for axis in (out.ndim - 2, out.ndim - 1):
+        pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
         p = np.pad(out, pad, mode="reflect" if out.shape[axis] > r else "edge")
         n = out.shape[axis]
         acc = np.zeros_like(out)
+        window = [slice(None)] * out.ndim
         for i, weight in enumerate(k):
-            acc += weight * (p[i:i + n] if axis == 0 else p[:, i:i + n])
+            window[axis] = slice(i, i + n)
+            acc += weight * p[tuple(window)]
         out = acc
     return out
 
@@ -212,6 +221,9 @@ def _uniform(rng, lo_hi) -> float:
 def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None = None, negatives=None):
     """One random augmentation of ``(image, boxes)``; returns new ``(image float32, boxes float32 (M, 4))``.
 
+    image: ``(H, W)`` or ``(C, H, W)``; a ``(2, H, W)`` slice with depth
+    context first loses its context with probability ``config.p_flat_context``.
+
     Order: rescale, crop, orientation, intensity jitter, quantisation, blur,
     noise, clip to 0..1.  The result depends only on the inputs and the
     state of ``rng``.  ``negatives`` (M, 4): hard-negative boxes that only
@@ -220,6 +232,8 @@ def augment(image, boxes, rng: np.random.Generator, config: AugmentConfig | None
     cfg = config or AugmentConfig()
     image = np.asarray(image, dtype=np.float32)
     b = as_boxes(boxes, np.float32)
+    if image.ndim == 3 and len(image) == 2 and cfg.p_flat_context and rng.random() < cfg.p_flat_context:
+        image = np.stack([image[0], image[0]])
     draws = rng.random(6)
     if draws[0] < cfg.p_rescale:
         lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])

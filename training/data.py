@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from spinedet.runtime.boxes import as_boxes
+from spinedet.runtime.context import neighbour_projection, reach_slices
 from spinedet.runtime.contract import ModelCard, intensity_range, normalise
 from spinedet.runtime.tables import BoxTable
 
@@ -48,6 +49,9 @@ class Sample:
 
     ``negatives`` (M, 4) pixels, optional: where spine look-alikes that are
     not spines lie (hard negatives for crop placement; never labels).
+    ``context`` (H, W), optional: the slice's depth context, the maximum
+    projection of its neighbours (:mod:`spinedet.runtime.context`); None for
+    a lone 2D image, whose context is the image itself.
     """
 
     image: np.ndarray
@@ -55,6 +59,26 @@ class Sample:
     source: str = ""
     name: str = ""
     negatives: np.ndarray | None = None
+    context: np.ndarray | None = None
+
+    def model_input(self, channels: int) -> np.ndarray:
+        """The image as a model with ``channels`` inputs takes it: ``(H, W)``, or ``(2, H, W)`` with its context."""
+        return model_input(self.image, self.context, channels)
+
+
+def model_input(image: np.ndarray, context: np.ndarray | None, channels: int) -> np.ndarray:
+    """``image`` (H, W) for a one-channel model, else ``(2, H, W)``: the image and its context (itself if None)."""
+    if channels == 1:
+        return image
+    return np.stack([image, image if context is None else context])
+
+
+def stack_inputs(stack: "ValStack", depth_context_um: float) -> list:
+    """Model inputs for every slice of a validation stack (see :func:`model_input`)."""
+    if depth_context_um <= 0:
+        return list(stack.image)
+    reach = reach_slices(depth_context_um, stack.voxel_size[0])
+    return [model_input(image, neighbour_projection(stack.image, k, reach), 2) for k, image in enumerate(stack.image)]
 
 
 @dataclass
@@ -85,17 +109,21 @@ def normalise_stack(image, low_percentile: float = 1.0, high_percentile: float =
 
 
 def samples_from_stack(image_norm: np.ndarray, table: BoxTable, source: str, name: str,
-                       empty_slices: bool = True, negatives: list | None = None) -> list[Sample]:
+                       empty_slices: bool = True, negatives: list | None = None,
+                       context_reach: int | None = None) -> list[Sample]:
     """One :class:`Sample` per slice of a normalised stack; ``empty_slices=False`` drops slices without spines.
 
     ``negatives``: optional per-slice hard-negative boxes (see :class:`Sample`).
+    ``context_reach``: give each sample its depth context, the maximum
+    projection of the slices within this many slices (None: no context).
     """
     out = []
     for z in range(image_norm.shape[0]):
         boxes = as_boxes(table.boxes[table.z == z], np.float32)
         if len(boxes) or empty_slices:
+            context = None if context_reach is None else neighbour_projection(image_norm, z, context_reach)
             out.append(Sample(image_norm[z], boxes, source, f"{name}[{z}]",
-                              None if negatives is None else negatives[z]))
+                              None if negatives is None else negatives[z], context))
     return out
 
 

@@ -91,6 +91,11 @@ class ModelConfig:
         this many pixels on every side (clipped to the image) is pooled too and stacked on the
         channels.  Whether a bright blob is a spine depends on what is around it (a shaft next
         to it, or an axon through it); the RoI alone cannot tell.  0: the RoI only (torchvision).
+    depth_context_um: when > 0, the model takes a second input channel: the maximum projection
+        of the slices within this many µm above and below the slice
+        (:mod:`spinedet.runtime.context`), so it can see a shaft that lies a slice or two deeper
+        than a blob.  The first convolution gets a second input channel, trained even where the
+        stem is frozen.  0: the slice alone.
     anchor_sizes: anchor sizes in pixels, one tuple per FPN level (strides 4, 8, 16, 32, 64).
     aspect_ratios: anchor aspect ratios (height / width), the same on every level.
     max_detections: K, boxes returned per image.
@@ -122,6 +127,7 @@ class ModelConfig:
     roi_output_size: int = 7
     roi_levels: tuple = ("0", "1", "2", "3")
     roi_context_px: float = 0.0
+    depth_context_um: float = 0.0
     frozen_stages: int = 1
     format: int = CHECKPOINT_FORMAT
 
@@ -142,6 +148,11 @@ class ModelConfig:
             raise ValueError(f"input_size {self.input_size} must be two multiples of 32")
 
     @property
+    def in_channels(self) -> int:
+        """Input channels: the slice, plus its neighbour projection with depth context."""
+        return 2 if self.depth_context_um > 0 else 1
+
+    @property
     def image_mean(self) -> float:
         """Gray mean the model subtracts (in 0..1 units)."""
         return _gray_stats(self.backbone)[0]
@@ -157,7 +168,7 @@ class ModelConfig:
 
         return ModelCard(input_size=self.input_size, pixel_size_um=self.pixel_size_um,
                          low_percentile=self.low_percentile, high_percentile=self.high_percentile,
-                         max_detections=self.max_detections, **fields_)
+                         max_detections=self.max_detections, depth_context_um=self.depth_context_um, **fields_)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -334,6 +345,15 @@ def _to_grayscale(conv: nn.Conv2d, backbone: str) -> None:
     conv.weight = nn.Parameter(weight)
 
 
+def _widen_inputs(conv: nn.Conv2d, channels: int) -> None:
+    """Give a one-channel convolution ``channels`` inputs, the new ones with zero weights, in place."""
+    with torch.no_grad():
+        extra = torch.zeros_like(conv.weight).repeat(1, channels - 1, 1, 1)
+        weight = torch.cat([conv.weight, extra], dim=1)
+    conv.in_channels = channels
+    conv.weight = nn.Parameter(weight)
+
+
 def build_backbone(config: ModelConfig, pretrained: bool = True) -> BackboneFPN:
     """The backbone with its FPN; ImageNet weights are read when ``pretrained and config.pretrained``.
 
@@ -348,10 +368,14 @@ def build_backbone(config: ModelConfig, pretrained: bool = True) -> BackboneFPN:
         stages, channels, first_conv = _efficientnet_lite_stages(config.backbone, frozen_bn, load,
                                                                  config.input_size)
     _to_grayscale(first_conv, config.backbone)
+    if config.in_channels > 1:  # the context channel starts at zero: the model begins as the slice-only one
+        _widen_inputs(first_conv, config.in_channels)
     if config.pretrained:
         for stage in stages[: max(0, config.frozen_stages)]:
             for p in stage.parameters():
                 p.requires_grad_(False)
+        if config.in_channels > 1:
+            first_conv.weight.requires_grad_(True)
     return BackboneFPN(stages, channels, config.fpn_channels)
 
 
@@ -466,26 +490,40 @@ def load_checkpoint(path, map_location="cpu"):
     return model, config, payload
 
 
-def load_for_finetuning(path, roi_context_px: float | None = None):
+def checkpoint_config(path) -> ModelConfig:
+    """The model config saved in a checkpoint (without building the model)."""
+    return ModelConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+
+
+def load_for_finetuning(path, roi_context_px: float | None = None, depth_context_um: float | None = None):
     """``(model, config)`` from a checkpoint, to start a new run from its weights.
 
     roi_context_px: give a checkpoint without context pooling a context
-    pool of this many pixels.  The box head's first layer is widened with
-    zero weights for the context features, so the model starts out
+    pool of this many pixels (the box head's first layer gets inputs for
+    the context features).  depth_context_um: give a slice-only checkpoint
+    depth context (the first convolution gets an input for the neighbour
+    projection).  New inputs get zero weights, so the model starts out
     computing exactly what the checkpoint computed and learns to use the
-    surroundings from there.
+    context from there.
     """
     model, config, _ = load_checkpoint(path)
-    if not roi_context_px or roi_context_px == config.roi_context_px:
+    changes = {}
+    for name, value in (("roi_context_px", roi_context_px), ("depth_context_um", depth_context_um)):
+        if not value or value == getattr(config, name):
+            continue
+        if getattr(config, name):
+            raise ValueError(f"{path}: the checkpoint has {name} {getattr(config, name):g} already, not {value:g}")
+        changes[name] = float(value)
+    if not changes:
         return model, config
-    if config.roi_context_px:
-        raise ValueError(f"{path}: the checkpoint pools {config.roi_context_px:g} px of context already, "
-                         f"not {roi_context_px:g}")
-    config = replace(config, roi_context_px=float(roi_context_px))
+    config = replace(config, **changes)
     widened = build_model(config, pretrained=False)
-    state = model.state_dict()
-    w = state["roi_heads.box_head.fc6.weight"]
-    state["roi_heads.box_head.fc6.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    state, target = model.state_dict(), widened.state_dict()
+    for key, value in state.items():
+        wanted = target[key].shape
+        if value.shape != wanted:  # more inputs: zeros for the new ones
+            extra = torch.zeros(value.shape[:1] + (wanted[1] - value.shape[1],) + value.shape[2:], dtype=value.dtype)
+            state[key] = torch.cat([value, extra], dim=1)
     widened.load_state_dict(state, strict=True)
     return widened, config
 
@@ -500,6 +538,6 @@ def predict(model: nn.Module, images: torch.Tensor):
 
 __all__ = [
     "BACKBONES", "BackboneFPN", "ContextRoIPool", "FixedSizeTransform", "MissingWeights", "ModelConfig",
-    "build_backbone", "build_model", "context_boxes", "load_checkpoint", "load_for_finetuning",
+    "build_backbone", "build_model", "checkpoint_config", "context_boxes", "load_checkpoint", "load_for_finetuning",
     "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint",
 ]

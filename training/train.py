@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spinedet.runtime.context import reach_slices
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.postprocess import filter_detections
 from spinedet.runtime.tracking import track_slices
@@ -55,8 +56,9 @@ from spinedet.runtime.tracking import track_slices
 from .augment import AugmentConfig, augment
 from .averaging import WeightAverage
 from .data import (REAL2D_MDG, SYNTHETIC, MixedSampler, Sample, ValStack, data_root, real2d_samples,
-                   samples_from_stack, synthetic_stacks)
-from .model import BACKBONES, ModelConfig, build_model, load_checkpoint, load_for_finetuning, save_checkpoint
+                   samples_from_stack, stack_inputs, synthetic_stacks)
+from .model import (BACKBONES, ModelConfig, build_model, checkpoint_config, load_checkpoint, load_for_finetuning,
+                    save_checkpoint)
 from .validate import THRESHOLDS
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -110,11 +112,13 @@ class TrainOptions:
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    """``(H, W)`` or ``(C, H, W)`` numpy to a ``(C, H, W)`` tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return tensor[None] if tensor.ndim == 2 else tensor
 
 
 def detect(model, images, batch_size: int = 4):
-    """Raw detections ``[(boxes (K, 4), scores (K,)), ...]`` of ``model`` on 2D images (H, W) in 0..1."""
+    """Raw detections ``[(boxes (K, 4), scores (K,)), ...]`` of ``model`` on images (H, W) or (C, H, W) in 0..1."""
     was_training = model.training
     model.eval()
     out = []
@@ -132,24 +136,29 @@ def _post(raw, options: TrainOptions, threshold: float):
                               nms_iom=options.nms_iom) for b, s in raw]
 
 
-def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = 0.5, raw=None) -> dict:
+def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = 0.5, raw=None,
+                depth_context_um: float = 0.0) -> dict:
     """The runtime's per-image F1 (IoM >= 0.5) of ``model`` on ``samples`` at a score threshold.
 
     raw: the model's raw detections on the samples, if already at hand (then ``model`` is not run).
+    depth_context_um: the model's (:class:`ModelConfig`); lone images are their own context.
     """
-    raw = detect(model, [s.image for s in samples]) if raw is None else raw
+    channels = 2 if depth_context_um > 0 else 1
+    raw = detect(model, [s.model_input(channels) for s in samples]) if raw is None else raw
     post = _post(raw, options, threshold)
     return f1_2d([b for b, _ in post], [s.boxes for s in samples])
 
 
 def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold: float = 0.5,
-                raw=None) -> tuple[dict, dict]:
+                raw=None, depth_context_um: float = 0.0) -> tuple[dict, dict]:
     """``(F1-3D, per-slice F1)`` of ``model`` on stacks: detect per slice, filter, track, score.
 
     Counts are summed over the stacks before the scores are computed.
     raw: per stack, the model's raw detections per slice, if already at hand.
+    depth_context_um: the model's (:class:`ModelConfig`).
     """
-    raw = [detect(model, list(stack.image)) for stack in stacks] if raw is None else raw
+    if raw is None:
+        raw = [detect(model, stack_inputs(stack, depth_context_um)) for stack in stacks]
     totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
     for stack, found in zip(stacks, raw):
         post = _post(found, options, threshold)
@@ -163,17 +172,19 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
     return scores_from_counts(**totals3), f1_2d(pred_2d, gt_2d)
 
 
-def validate(model, val_2d: dict, val_3d: list[ValStack], options: TrainOptions) -> dict:
+def validate(model, val_2d: dict, val_3d: list[ValStack], options: TrainOptions,
+             depth_context_um: float = 0.0) -> dict:
     """All validation metrics: ``{"2d/<source>", "3d/synthetic", "2d/synthetic-stacks", "score", "threshold"}``.
 
     ``score`` (the selection criterion) is the mean F1 over the 2D sources and
     F1-3D.  The model runs once; every threshold of ``options.val_thresholds``
     is tried on its detections and the metrics are those at the threshold with
-    the best score (ties: the lower threshold).
+    the best score (ties: the lower threshold).  depth_context_um: the model's.
     """
+    channels = 2 if depth_context_um > 0 else 1
     val_2d = {name: samples for name, samples in val_2d.items() if samples}
-    raw_2d = {name: detect(model, [s.image for s in samples]) for name, samples in val_2d.items()}
-    raw_3d = [detect(model, list(stack.image)) for stack in val_3d]
+    raw_2d = {name: detect(model, [s.model_input(channels) for s in samples]) for name, samples in val_2d.items()}
+    raw_3d = [detect(model, stack_inputs(stack, depth_context_um)) for stack in val_3d]
     best = None
     for threshold in sorted(options.val_thresholds):
         metrics, f1s = {}, []
@@ -251,7 +262,7 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
             warnings.warn("resuming: the checkpoint's model config replaces the one given", stacklevel=2)
         config = saved_config
     elif init is not None:
-        model, config = load_for_finetuning(init, config.roi_context_px or None)
+        model, config = load_for_finetuning(init, config.roi_context_px or None, config.depth_context_um or None)
         state = None
     else:
         model, state = build_model(config, pretrained=True), None
@@ -290,7 +301,8 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
         images, targets = [], []
         for _ in range(options.batch_size):
             sample = sampler.draw(rng)
-            image, boxes = augment(sample.image, sample.boxes, rng, options.augment, sample.negatives)
+            image, boxes = augment(sample.model_input(config.in_channels), sample.boxes, rng, options.augment,
+                                   sample.negatives)
             images.append(_to_tensor(image))
             targets.append(_target(boxes))
         losses = model(images, targets)
@@ -318,7 +330,8 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
         validate_now = done == options.iterations or (options.val_every and done % options.val_every == 0)
         if validate_now and (val_2d or val_3d):
             t0 = time.perf_counter()
-            last_metrics = validate(model if average is None else average.model, val_2d, val_3d, options)
+            last_metrics = validate(model if average is None else average.model, val_2d, val_3d, options,
+                                    config.depth_context_um)
             model.train()
             parts = [f"{k} F1 {v['f1']:.3f} (P {v['precision']:.2f} R {v['recall']:.2f})"
                      for k, v in last_metrics.items() if isinstance(v, dict)]
@@ -383,6 +396,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--input-size", type=int, default=512, help="model input (square) in pixels")
     m.add_argument("--roi-context", type=float, default=ModelConfig.roi_context_px,
                    help="pixels of surroundings the box head also pools around each RoI (0: none)")
+    m.add_argument("--depth-context", type=float, default=ModelConfig.depth_context_um,
+                   help="µm above and below each slice whose maximum projection the model also sees "
+                        "(a second input channel; 0: the slice alone)")
     m.add_argument("--frozen-stages", type=int, default=ModelConfig.frozen_stages)
     m.add_argument("--roi-levels", default=",".join(ModelConfig.roi_levels),
                    help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3")
@@ -431,6 +447,7 @@ def settings(args) -> tuple[ModelConfig, TrainOptions]:
     config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
                          frozen_stages=args.frozen_stages, roi_context_px=args.roi_context,
+                         depth_context_um=args.depth_context,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
            else AugmentConfig(crop=args.crop or None, p_negative_centred=args.hard_negatives))
@@ -455,10 +472,18 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     norm = dict(low_percentile=config.low_percentile, high_percentile=config.high_percentile)
     train_sources, val_2d, val_3d = {}, {}, []
+    # the model that trains decides whether samples carry depth context: a resumed one's own, or a fine-tuned one's
+    depth = config.depth_context_um
+    if args.resume:
+        depth = checkpoint_config(args.resume).depth_context_um
+    elif args.init:
+        depth = depth or checkpoint_config(args.init).depth_context_um
     if args.synthetic_train:
         stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
-        train_sources[SYNTHETIC] = [s for st in stacks for s in samples_from_stack(st.image, st.table, SYNTHETIC,
-                                                                                    st.name, negatives=st.negatives)]
+        train_sources[SYNTHETIC] = [
+            s for st in stacks
+            for s in samples_from_stack(st.image, st.table, SYNTHETIC, st.name, negatives=st.negatives,
+                                        context_reach=reach_slices(depth, st.voxel_size[0]) if depth > 0 else None)]
     if args.synthetic_val:
         # validation stacks at the model's pixel size, as the runtime would resample them
         val_3d = synthetic_stacks(args.synthetic_val, args.synthetic_seed + 1000, args.synthetic_shape,

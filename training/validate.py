@@ -90,14 +90,8 @@ def real2d_f1(detector: SpineDetector, root: Path) -> dict | None:
     return {**f1_2d(predictions, truths), "images": len(images)}
 
 
-def slice_detections(detector: SpineDetector, image: np.ndarray, pixel_size_um: float | None) -> list:
-    """Post-processed ``(boxes, scores)`` per slice of ``image`` (Z, Y, X) or (Y, X), as :meth:`SpineDetector.detect` makes them."""
-    slices = list(image) if image.ndim == 3 else [image]
-    return detector.detections(slices, pixel_size_um, detector.intensity_range(slices))
-
-
 def tracked_above(detections: list, threshold: float, detector: SpineDetector) -> BoxTable:
-    """Slice detections (from :func:`slice_detections`) scoring above ``threshold``, tracked.
+    """Slice detections (from :meth:`SpineDetector.slice_detections`) scoring above ``threshold``, tracked.
 
     Greedy NMS keeps the same boxes, in the same order, whether low-scoring
     boxes are removed before or after it, so this is what the detector
@@ -120,7 +114,7 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
     for k, overrides in enumerate(SETTINGS.values()):
         for j in range(stacks_per_setting):
             stack = make_stack(seed + 100 * k + j, shape=shape, **overrides)
-            found = slice_detections(detector, stack.image, stack.voxel_size[2])
+            found = detector.slice_detections(stack.image, stack.voxel_size)
             for t in thresholds:
                 synthetic[t].append(f1_3d(tracked_above(found, t, detector), stack.table))
     real = {t: None for t in thresholds}
@@ -128,7 +122,7 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
         from .labels import load_real2d_mdg
 
         images = load_real2d_mdg(real_root, "val")
-        found = [slice_detections(detector, read_image(item.path), None)[0] for item in images]
+        found = [detector.slice_detections(read_image(item.path))[0] for item in images]
         for t in thresholds:
             real[t] = f1_2d([boxes[scores > t] for boxes, scores in found], [item.boxes for item in images])
     out = []
