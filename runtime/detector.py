@@ -341,10 +341,7 @@ class SpineDetector:
 
 def max_projection(slices) -> np.ndarray:
     """Maximum-intensity projection ``(Y, X)`` of a sequence of slices, read one at a time."""
-    result = np.array(slices[0], copy=True)
-    for k in range(1, len(slices)):
-        np.maximum(result, slices[k], out=result)
-    return result
+    return neighbour_projection(slices, 0, len(slices))
 
 
 class SliceStream:
@@ -414,8 +411,7 @@ class SliceStream:
             self.intensity_range = (low, high)
         contexts = None
         if self._reach is not None:
-            near = [im for zz, im in self._received if abs(zz - z) <= self._reach]
-            contexts = [neighbour_projection(near, 0, len(near))]
+            contexts = [max_projection([im for zz, im in self._received if abs(zz - z) <= self._reach])]
         (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range, contexts)
         return self.add_detections(z, image, boxes, scores)
 

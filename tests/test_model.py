@@ -203,12 +203,18 @@ def test_context_boxes_grow_and_clip():
     torch.testing.assert_close(grown, torch.tensor([[2.0, 12.0, 38.0, 48.0], [0.0, 0.0, 125.0, 128.0]]))
 
 
-def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
-    """Widening a checkpoint for context pooling leaves its detections unchanged until it trains."""
-    torch.manual_seed(2)
+def _saved_small_model(path, seed: int):
+    """A small random detector saved as a checkpoint at ``path``; returns the model (eval)."""
+    torch.manual_seed(seed)
     config = ModelConfig(pretrained=False, box_score_thresh=0.0, roi_levels=("0",), **MNV2)
     model = build_model(config).eval()
-    save_checkpoint(tmp_path / "c.pt", model, config)
+    save_checkpoint(path, model, config)
+    return model
+
+
+def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
+    """Widening a checkpoint for context pooling leaves its detections unchanged until it trains."""
+    model = _saved_small_model(tmp_path / "c.pt", seed=2)
     widened, wide_config = M.load_for_finetuning(tmp_path / "c.pt", roi_context_px=12)
     assert wide_config.roi_context_px == 12 and isinstance(widened.roi_heads.box_roi_pool, M.ContextRoIPool)
     fc6 = widened.roi_heads.box_head.fc6.weight
@@ -234,10 +240,7 @@ def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
 
 def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
     """A second input channel (the neighbour projection) with zero weights: same detections until it trains."""
-    torch.manual_seed(5)
-    config = ModelConfig(pretrained=False, box_score_thresh=0.0, roi_levels=("0",), **MNV2)
-    model = build_model(config).eval()
-    save_checkpoint(tmp_path / "c.pt", model, config)
+    model = _saved_small_model(tmp_path / "c.pt", seed=5)
     deep, deep_config = M.load_for_finetuning(tmp_path / "c.pt", depth_context_um=1.5)
     assert deep_config.depth_context_um == 1.5 and deep_config.in_channels == 2
     first = deep.backbone.stages[0][0][0]
