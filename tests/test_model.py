@@ -257,3 +257,26 @@ def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
     stem = frozen.backbone.stages[0]
     assert stem[0][0].weight.requires_grad
     assert not any(p.requires_grad for name, p in stem.named_parameters() if name != "0.0.weight")
+
+
+def test_finetuning_can_unfreeze_the_stem(tmp_path):
+    """``--frozen-stages 0`` with ``--init``: the same weights, and now the ImageNet stem trains too."""
+    from spinedet.training.train import _parser, settings
+    torch.manual_seed(7)
+    config = ModelConfig(pretrained=True, roi_levels=("0",), **SMALL)  # frozen BatchNorm, stem frozen
+    model = build_model(config, pretrained=False).eval()
+    save_checkpoint(tmp_path / "c.pt", model, config)
+    stem = model.backbone.stages[0]
+    assert not any(p.requires_grad for p in stem.parameters())
+    kept, kept_config = M.load_for_finetuning(tmp_path / "c.pt")
+    assert kept_config.frozen_stages == 1 and not any(p.requires_grad for p in kept.backbone.stages[0].parameters())
+    thawed, thawed_config = M.load_for_finetuning(tmp_path / "c.pt", frozen_stages=0)
+    assert thawed_config.frozen_stages == 0
+    assert all(p.requires_grad for p in thawed.backbone.stages[0].parameters())
+    for (name, a), (_, b) in zip(model.state_dict().items(), thawed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    # the command line: without the flag a fine-tuning run keeps the checkpoint's setting
+    args = ["--out", "x", "--init", str(tmp_path / "c.pt")]
+    assert settings(_parser().parse_args(args))[0].frozen_stages == 1
+    assert settings(_parser().parse_args(args + ["--frozen-stages", "0"]))[0].frozen_stages == 0
+    assert settings(_parser().parse_args(["--out", "x"]))[0].frozen_stages == ModelConfig.frozen_stages

@@ -495,7 +495,8 @@ def checkpoint_config(path) -> ModelConfig:
     return ModelConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
 
 
-def load_for_finetuning(path, roi_context_px: float | None = None, depth_context_um: float | None = None):
+def load_for_finetuning(path, roi_context_px: float | None = None, depth_context_um: float | None = None,
+                        frozen_stages: int | None = None):
     """``(model, config)`` from a checkpoint, to start a new run from its weights.
 
     roi_context_px: give a checkpoint without context pooling a context
@@ -504,9 +505,15 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     depth context (the first convolution gets an input for the neighbour
     projection).  New inputs get zero weights, so the model starts out
     computing exactly what the checkpoint computed and learns to use the
-    context from there.
+    context from there.  frozen_stages: how many backbone stages stay
+    frozen from here on (None: as in the checkpoint).
     """
     model, config, _ = load_checkpoint(path)
+    if frozen_stages is not None and frozen_stages != config.frozen_stages:
+        config = replace(config, frozen_stages=int(frozen_stages))  # only requires_grad differs: same weights
+        rebuilt = build_model(config, pretrained=False)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        model = rebuilt
     changes = {}
     for name, value in (("roi_context_px", roi_context_px), ("depth_context_um", depth_context_um)):
         if not value or value == getattr(config, name):

@@ -245,7 +245,8 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
     init: a checkpoint whose weights (and model config) start a new run: fine-tuning,
         with a fresh optimizer, schedule and iteration count (ignored with ``resume``);
         a ``config.roi_context_px`` > 0 adds context pooling to a checkpoint without it
-        (:func:`~spinedet.training.model.load_for_finetuning`).
+        (:func:`~spinedet.training.model.load_for_finetuning`), and ``config.frozen_stages``
+        decides which backbone stages train from here on.
     log: a text stream for progress lines, "stderr" (the default) or None.
     ``model`` is the weight average when ``options.ema_decay`` is set.  ``losses`` lists the total loss of every iteration run in this call.
     """
@@ -262,7 +263,8 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
             warnings.warn("resuming: the checkpoint's model config replaces the one given", stacklevel=2)
         config = saved_config
     elif init is not None:
-        model, config = load_for_finetuning(init, config.roi_context_px or None, config.depth_context_um or None)
+        model, config = load_for_finetuning(init, config.roi_context_px or None, config.depth_context_um or None,
+                                            config.frozen_stages)
         state = None
     else:
         model, state = build_model(config, pretrained=True), None
@@ -399,7 +401,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--depth-context", type=float, default=ModelConfig.depth_context_um,
                    help="µm above and below each slice whose maximum projection the model also sees "
                         "(a second input channel; 0: the slice alone)")
-    m.add_argument("--frozen-stages", type=int, default=ModelConfig.frozen_stages)
+    m.add_argument("--frozen-stages", type=int, default=None,
+                   help=f"backbone stages kept frozen (default {ModelConfig.frozen_stages}; "
+                        "with --init, the checkpoint's)")
     m.add_argument("--roi-levels", default=",".join(ModelConfig.roi_levels),
                    help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3")
     t = p.add_argument_group("optimisation (defaults: the paper's recipe)")
@@ -442,11 +446,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _frozen_stages(args) -> int:
+    """``--frozen-stages`` if given, else the fine-tuned checkpoint's, else the default."""
+    if args.frozen_stages is not None:
+        return args.frozen_stages
+    if args.init and not args.resume:
+        return checkpoint_config(args.init).frozen_stages
+    return ModelConfig.frozen_stages
+
+
 def settings(args) -> tuple[ModelConfig, TrainOptions]:
     """The model config and training options of parsed ``spine-train`` arguments."""
     config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
-                         frozen_stages=args.frozen_stages, roi_context_px=args.roi_context,
+                         frozen_stages=_frozen_stages(args), roi_context_px=args.roi_context,
                          depth_context_um=args.depth_context,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
