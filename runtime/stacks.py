@@ -318,8 +318,12 @@ def _slice_selector(axes, shape, layout, channel, reader, path):
     if axes[c_axis] == "S" and _channels_equal(pick, n_channels, depth):
         return lambda k: pick(k, 0)
     kind = "colour channels" if axes[c_axis] == "S" else "channels"
+    # a z-stack saved without its axes (e.g. tifffile's imagej=True) says "channels": say how to mend it
+    hint = ("; if they are z-slices, the file lacks its axes: save it with axes ZYX "
+            "(ImageJ: Image > Properties, slices = " + str(n_channels) + ", channels = 1)"
+            if layout["depth"] is None and n_channels > 4 else "")
     raise SpineDetError(f"image has {n_channels} {kind} (axes {axes}, shape {tuple(shape)}); "
-                        "choose one with --channel N (0-based)", path)
+                        f"choose one with --channel N (0-based){hint}", path)
 
 
 def _channels_equal(pick, n_channels, depth) -> bool:

@@ -124,6 +124,19 @@ def test_zcyx_needs_a_channel(tmp_path):
         open_stack(path, channel=2)
 
 
+def test_imagej_stack_without_axes_says_how_to_mend_it(tmp_path):
+    """tifffile's ``imagej=True`` without axes stores a z-stack as channels; the error says so."""
+    path = tmp_path / "noaxes.tif"
+    tifffile.imwrite(path, ramp_stack(z=12), imagej=True)
+    with pytest.raises(SpineDetError, match="12 channels.*if they are z-slices.*axes ZYX") as caught:
+        open_stack(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    two = tmp_path / "two.tif"  # a real two-channel image gets no such hint
+    tifffile.imwrite(two, np.stack([ramp_stack(z=1)[0]] * 2), imagej=True, metadata={"axes": "CYX"})
+    with pytest.raises(SpineDetError, match=r"2 channels.*\(0-based\)$"):
+        open_stack(two)
+
+
 def test_grey_stored_as_rgb_png_is_grey_and_true_colour_needs_channel(tmp_path):
     grey = (np.arange(30 * 40) % 256).reshape(30, 40).astype(np.uint8)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
