@@ -88,7 +88,8 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
     card.export.update({"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                         "proposals_per_slice": int(model.rpn._post_nms_top_n["testing"]), "opset": OPSET,
                         "backbone": config.backbone, "fpn_channels": config.fpn_channels,
-                        "roi_levels": list(config.roi_levels), "roi_context_px": config.roi_context_px})
+                        "roi_levels": list(config.roi_levels), "roi_context_px": config.roi_context_px,
+                        "model_config": config.to_dict()})  # lets spine-train --init recover the weights
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
     os.close(fd)

@@ -165,3 +165,50 @@ def test_engine_without_tensorrt_is_one_clear_line(checkpoint, tmp_path):
 def test_missing_checkpoint():
     with pytest.raises(SpineDetError, match="no such checkpoint"):
         export_onnx("/nonexistent/ck.pt", "/tmp/never.onnx")
+
+
+def _outputs_close(a, b, atol):
+    for (ab, as_), (bb, bs) in zip(a, b):
+        assert ab.shape == bb.shape
+        np.testing.assert_allclose(ab, bb, atol=atol)
+        np.testing.assert_allclose(as_, bs, atol=atol)
+
+
+def test_weights_come_back_out_of_an_exported_graph(exported, checkpoint, tmp_path):
+    """spine-train --init model.onnx: the torch model is rebuilt from the graph (card's config or, for an old
+    card, its fields and the weight shapes) and computes what the original computed."""
+    import json
+    import shutil
+
+    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.model import checkpoint_config, load_checkpoint, load_for_finetuning
+
+    original, config, _ = load_checkpoint(checkpoint[0])
+    slices = builtin_inputs(SIZE, count=4)
+    reference = torch_outputs(original, slices)
+    recovered, recovered_config = model_from_onnx(exported["fp32"].onnx_path)
+    assert recovered_config == config
+    _outputs_close(reference, torch_outputs(recovered, slices), atol=1e-4)
+    for key, value in original.state_dict().items():
+        if key.endswith(".weight") and "bn" not in key and value.dim() > 1:  # conv and linear weights as they were
+            torch.testing.assert_close(recovered.state_dict()[key], value)
+    # an older card without the config record: the card's fields and the weight shapes give the same model
+    shutil.copy(exported["fp32"].onnx_path, tmp_path / "old.onnx")
+    card = json.loads(exported["fp32"].card_path.read_text())
+    del card["export"]["model_config"]
+    (tmp_path / "old.json").write_text(json.dumps(card))
+    assert checkpoint_config(tmp_path / "old.onnx") == config
+    model, _ = load_for_finetuning(tmp_path / "old.onnx")
+    _outputs_close(reference, torch_outputs(model, slices), atol=1e-4)
+    # fp16 weights come back rounded, still within the fp16 parity tolerance (checked inside)
+    half, _ = model_from_onnx(exported["fp16"].onnx_path)
+    w = original.state_dict()["roi_heads.box_head.fc6.weight"]
+    torch.testing.assert_close(half.state_dict()["roi_heads.box_head.fc6.weight"], w, rtol=1e-3, atol=1e-4)
+
+
+def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
+    from spinedet.export.recover import model_from_onnx
+
+    with pytest.raises(SpineDetError, match="cannot recover the weights") as caught:
+        model_from_onnx(blob_model)
+    assert str(blob_model) in str(caught.value) and "\n" not in str(caught.value)

@@ -490,14 +490,26 @@ def load_checkpoint(path, map_location="cpu"):
     return model, config, payload
 
 
+def _is_onnx(path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def checkpoint_config(path) -> ModelConfig:
-    """The model config saved in a checkpoint (without building the model)."""
+    """The model config saved in a checkpoint (without building the model), or of an exported ``.onnx`` model."""
+    if _is_onnx(path):
+        from spinedet.export.recover import config_from_onnx
+
+        return config_from_onnx(path)
     return ModelConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
 
 
 def load_for_finetuning(path, roi_context_px: float | None = None, depth_context_um: float | None = None,
                         frozen_stages: int | None = None):
     """``(model, config)`` from a checkpoint, to start a new run from its weights.
+
+    ``path`` may also be an exported ``.onnx`` model with its card (the
+    shipped default model, say): its weights are recovered from the graph
+    (:func:`spinedet.export.recover.model_from_onnx`).
 
     roi_context_px: give a checkpoint without context pooling a context
     pool of this many pixels (the box head's first layer gets inputs for
@@ -508,7 +520,12 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     context from there.  frozen_stages: how many backbone stages stay
     frozen from here on (None: as in the checkpoint).
     """
-    model, config, _ = load_checkpoint(path)
+    if _is_onnx(path):
+        from spinedet.export.recover import model_from_onnx
+
+        model, config = model_from_onnx(path)
+    else:
+        model, config, _ = load_checkpoint(path)
     if frozen_stages is not None and frozen_stages != config.frozen_stages:
         config = replace(config, frozen_stages=int(frozen_stages))  # only requires_grad differs: same weights
         rebuilt = build_model(config, pretrained=False)

@@ -389,7 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for checkpoints and metrics (e.g. runs/mnv2)")
     p.add_argument("--resume", default=None, help="continue from this last.pt")
     p.add_argument("--init", default=None,
-                   help="fine-tune: start from this checkpoint's weights and model (fresh optimizer and schedule)")
+                   help="fine-tune: start from this checkpoint's weights and model (fresh optimizer and schedule); "
+                        "an exported .onnx model with its card works too (e.g. models/spinedet_default.onnx)")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", choices=BACKBONES, default=ModelConfig.backbone)
     m.add_argument("--scratch", action="store_true", help="random backbone init instead of ImageNet weights")
