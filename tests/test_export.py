@@ -212,3 +212,28 @@ def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
     with pytest.raises(SpineDetError, match="cannot recover the weights") as caught:
         model_from_onnx(blob_model)
     assert str(blob_model) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.shared
+def test_shipped_model_exports_with_parity_on_real_images(shared_data, tmp_path):
+    """The shipped architecture (context pooling, 300 proposals, 512 x 512) exported again from its recovered
+    weights: fp32 parity with torch on real2d-mdg val images and the built-in slices at batches 1, 3 and 8."""
+    from spinedet.export.parity import parity_report
+    from spinedet.export.recover import model_from_onnx
+    from spinedet.runtime.detector import default_model_path
+    from spinedet.training.data import real2d_samples
+
+    model, config = model_from_onnx(default_model_path())
+    save_checkpoint(tmp_path / "shipped.pt", model, config)
+    report = export_onnx(tmp_path / "shipped.pt", tmp_path / "shipped_fp32.onnx", check=False)
+    real = []
+    for sample in real2d_samples("val", shared_data / "real2d-mdg"):
+        h, w = sample.image.shape
+        real.append(sample.image[(h - 512) // 2:(h + 512) // 2, (w - 512) // 2:(w + 512) // 2])
+    assert len(real) == 15
+    parity = parity_report(model, report.onnx_path, load_card(report.onnx_path), extra_slices=np.stack(real))
+    assert parity["ok"], parity["summary"]
+    for b in (1, 3, 8):
+        r = parity[f"batch_{b}"]
+        assert r["detections"] >= 50 and r["fraction"] >= 0.99 and r["max_score_diff"] < 1e-3, r
+        assert r["empty_slice_detections"] == 0
