@@ -74,6 +74,74 @@ class BatchedNMS(torch.autograd.Function):
         return g.op("ScatterND", zeros, batch_and_box, ones)
 
 
+class UnitClip(torch.autograd.Function):
+    """``clip(x / 6, 0, 1)``, i.e. ReLU6 / 6, exported as one ``HardSigmoid(alpha=1/6, beta=0)`` node.
+
+    Why: a ``Clip`` takes its bounds as tensor inputs, and in a float16 graph
+    onnxruntime's CPU provider (no float16 kernels there) reaches them through
+    ``Cast`` nodes, which stops it fusing the activation into the convolution
+    and costs a layout reorder before and after every activation (~25 % of the
+    CPU time).  ``HardSigmoid`` has its constants as attributes and fuses.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.clamp(x / 6, 0, 1)
+
+    @staticmethod
+    def symbolic(g, x):
+        return g.op("HardSigmoid", x, alpha_f=1.0 / 6, beta_f=0.0)
+
+
+class ReLU6AsUnitClip(nn.Module):
+    """Stands in for an ``nn.ReLU6`` whose consumer convolution has its weights multiplied by 6."""
+
+    def forward(self, x):
+        return UnitClip.apply(x)
+
+
+def relu6_consumers(module: nn.Module) -> list:
+    """``(parent, name, conv)`` for each ``nn.ReLU6`` in ``module`` and the next ``nn.Conv2d`` in module order.
+
+    In MobileNetV2 and EfficientNet-Lite stages that convolution is the one the
+    activation feeds; :func:`with_unit_clips` checks it numerically.
+    """
+    pairs, pending = [], []
+    for path, child in module.named_modules():  # depth first: the order the modules were defined in
+        if isinstance(child, nn.ReLU6):
+            parent, _, name = path.rpartition(".")
+            pending.append((module.get_submodule(parent), name))
+        elif isinstance(child, nn.Conv2d) and pending:
+            pairs += [(p, n, child) for p, n in pending]
+            pending = []
+    return pairs if not pending else []  # an activation at the very end feeds no convolution here
+
+
+@torch.no_grad()
+def with_unit_clips(backbone: nn.Module, channels: int):
+    """A copy of ``backbone`` with every ReLU6 as :class:`ReLU6AsUnitClip` (its consumer's weights x 6).
+
+    The same function; None when the rewrite does not reproduce the original
+    outputs (an activation that feeds something else than the next convolution).
+    """
+    rewritten = copy.deepcopy(backbone).float().eval()
+    pairs = relu6_consumers(rewritten)
+    if not pairs:
+        return None
+    for conv in {id(c): c for _, _, c in pairs}.values():
+        conv.weight.mul_(6.0)
+    for parent, name, _ in pairs:
+        setattr(parent, name, ReLU6AsUnitClip())
+    probe = torch.rand(1, channels, 96, 96, generator=torch.Generator().manual_seed(0))
+    original = copy.deepcopy(backbone).float().eval()
+    def outputs(module):
+        out = module(probe)
+        return list(out.values()) if isinstance(out, dict) else [out]
+
+    same = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(outputs(original), outputs(rewritten)))
+    return rewritten if same else None
+
+
 def decode(deltas, reference, weights):
     """Boxes from regression ``deltas [..., 4]`` relative to ``reference [..., 4]`` (torchvision BoxCoder maths)."""
     wx, wy, ww, wh = weights
@@ -110,18 +178,23 @@ class ExportableDetector(nn.Module):
         normalises (no resizing), with a single foreground class.
     input_size: ``(H, W)`` the graph is built for.
     channels: input channels (2 for a model with depth context, see ``ModelConfig.depth_context_um``).
-    half: run the convolutional and fully connected parts in float16 (a
-        copy of the model is converted; ``model`` itself is not changed);
-        box decoding, NMS and RoI Align coordinates stay float32.
+    half: run the convolutional and fully connected parts in float16; box
+        decoding, NMS and RoI Align coordinates stay float32.
+    The backbone's ReLU6 activations are exported as ``HardSigmoid`` (see
+    :class:`UnitClip`) where that rewrite reproduces them; ``model`` itself is
+    not changed.
     """
 
     def __init__(self, model, input_size, half: bool = False, channels: int = 1):
         super().__init__()
         self.channels = int(channels)
-        model = model.eval()
+        model = copy.deepcopy(model.eval())  # ``model`` itself is never changed
         self.dtype = torch.float16 if half else torch.float32
+        unit_clips = with_unit_clips(model.backbone, self.channels)
+        self.unit_clips = unit_clips is not None
+        if self.unit_clips:
+            model.backbone = unit_clips
         if half:
-            model = copy.deepcopy(model)
             for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.box_predictor):
                 part.half()
         self.height, self.width = (int(v) for v in input_size)

@@ -7,7 +7,10 @@ from: named initializers (``backbone.*``, ``rpn_head.*``, ``box_head.*``,
 names its modules) are the weights (a tensor equal to another, zeros say, is
 stored once and named again by an ``Identity`` node); each frozen BatchNorm was folded into a
 ``Mul`` by a scale and an ``Add`` of a bias after its convolution, and comes
-back as a BatchNorm that computes exactly that scale and bias.  The model
+back as a BatchNorm that computes exactly that scale and bias; where the
+backbone's ReLU6 activations were exported as unit clips (``HardSigmoid``,
+see :class:`~spinedet.export.graph.UnitClip`), the convolutions after them
+get their weights divided by 6 again.  The model
 config is the card's ``export.model_config`` (written by ``spine-export``
 since it records it) or, for older cards, what the card and the weight
 shapes state, with the other fields at their defaults.
@@ -27,6 +30,8 @@ import numpy as np
 import torch
 
 from spinedet.runtime.contract import load_card
+
+from .graph import relu6_consumers
 from spinedet.runtime.errors import SpineDetError
 
 #: ExportableDetector module prefix -> FasterRCNN module prefix
@@ -162,6 +167,10 @@ def model_from_onnx(onnx_path, check: bool = True):
         raise SpineDetError(f"cannot recover the weights: {len(missing)} tensors are not in the graph "
                             f"(first {missing[0]})", onnx_path)
     model.load_state_dict(state, strict=True)
+    if any(node.op_type == "HardSigmoid" for node in graph.node):  # exported with unit clips: undo their x 6
+        with torch.no_grad():
+            for conv in {id(c): c for _, _, c in relu6_consumers(model.backbone)}.values():
+                conv.weight.div_(6.0)
     if check:
         from .parity import parity_report
 

@@ -45,6 +45,7 @@ def test_graph_hygiene(exported):
         assert ops <= TENSORRT_OPS
         assert check_graph(model) == []
         assert {"NonMaxSuppression", "RoiAlign"} <= ops  # the detector really is in the graph
+        assert "HardSigmoid" in ops  # MobileNetV2's ReLU6s as unit clips (fuse on onnxruntime CPU in fp16)
         dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         assert dims == ["B", 1, *SIZE]
 
@@ -237,3 +238,31 @@ def test_shipped_model_exports_with_parity_on_real_images(shared_data, tmp_path)
         r = parity[f"batch_{b}"]
         assert r["detections"] >= 50 and r["fraction"] >= 0.99 and r["max_score_diff"] < 1e-3, r
         assert r["empty_slice_detections"] == 0
+
+
+def test_relu6_becomes_a_unit_clip_only_where_that_computes_the_same():
+    from torch import nn
+
+    from spinedet.export.graph import ReLU6AsUnitClip, with_unit_clips
+
+    class Chain(nn.Module):  # each ReLU6 feeds the next convolution
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU6(), nn.Conv2d(4, 2, 1))
+
+        def forward(self, x):
+            return {"0": self.body(x * 8)}
+
+    class Skip(Chain):  # the activation's output goes around the next convolution
+        def forward(self, x):
+            a = self.body[1](self.body[0](x * 8))
+            return {"0": self.body[2](x.expand(-1, 4, -1, -1)) + a[:, :2]}
+
+    torch.manual_seed(0)
+    chain = Chain()
+    rewritten = with_unit_clips(chain, 1)
+    assert isinstance(rewritten.body[1], ReLU6AsUnitClip) and isinstance(chain.body[1], nn.ReLU6)
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(rewritten(x)["0"], chain(x)["0"])
+    torch.testing.assert_close(rewritten.body[2].weight, 6 * chain.body[2].weight)
+    assert with_unit_clips(Skip(), 1) is None
