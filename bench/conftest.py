@@ -4,7 +4,8 @@
 
 Options: ``--onnx FILE`` (repeatable; default: the shipped model),
 ``--checkpoint FILE`` (torch weights of the same model, for the torch-eager
-reference; skipped without it), ``--threads N`` (CPU threads for both
+reference: a checkpoint, or an exported .onnx model whose weights are recovered
+from the graph; skipped without it), ``--threads N`` (CPU threads for both
 onnxruntime and torch, default 2, recorded with every result).
 """
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def pytest_addoption(parser):
     parser.addoption("--onnx", action="append", default=[], help="ONNX model(s) to time (default: shipped)")
-    parser.addoption("--checkpoint", default=None, help="torch checkpoint of the same model (torch eager)")
+    parser.addoption("--checkpoint", default=None, help="torch checkpoint (or .onnx) of the same model (torch eager)")
     parser.addoption("--threads", type=int, default=2, help="CPU threads for inference")
 
 

@@ -38,9 +38,9 @@ def test_onnxruntime_cpu(benchmark, onnx_model, threads, batch):
 
 TORCH_WORKER = """
 import sys, torch
-from spinedet.training.model import load_checkpoint
+from spinedet.training.model import load_model
 torch.set_num_threads({threads})
-model, config, _ = load_checkpoint({checkpoint!r})
+model, config = load_model({checkpoint!r})
 model.eval()
 x = torch.rand({batch}, config.in_channels, *config.input_size, generator=torch.Generator().manual_seed(0)) ** 4
 with torch.inference_mode():

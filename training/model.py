@@ -503,13 +503,26 @@ def checkpoint_config(path) -> ModelConfig:
     return ModelConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
 
 
+def load_model(path):
+    """``(model, config)`` of a checkpoint or of an exported ``.onnx`` model with its card.
+
+    An exported model's weights are recovered from its graph
+    (:func:`spinedet.export.recover.model_from_onnx`).
+    """
+    if _is_onnx(path):
+        from spinedet.export.recover import model_from_onnx
+
+        return model_from_onnx(path)
+    model, config, _ = load_checkpoint(path)
+    return model, config
+
+
 def load_for_finetuning(path, roi_context_px: float | None = None, depth_context_um: float | None = None,
                         frozen_stages: int | None = None):
     """``(model, config)`` from a checkpoint, to start a new run from its weights.
 
     ``path`` may also be an exported ``.onnx`` model with its card (the
-    shipped default model, say): its weights are recovered from the graph
-    (:func:`spinedet.export.recover.model_from_onnx`).
+    shipped default model, say; see :func:`load_model`).
 
     roi_context_px: give a checkpoint without context pooling a context
     pool of this many pixels (the box head's first layer gets inputs for
@@ -520,12 +533,7 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     context from there.  frozen_stages: how many backbone stages stay
     frozen from here on (None: as in the checkpoint).
     """
-    if _is_onnx(path):
-        from spinedet.export.recover import model_from_onnx
-
-        model, config = model_from_onnx(path)
-    else:
-        model, config, _ = load_checkpoint(path)
+    model, config = load_model(path)
     if frozen_stages is not None and frozen_stages != config.frozen_stages:
         config = replace(config, frozen_stages=int(frozen_stages))  # only requires_grad differs: same weights
         rebuilt = build_model(config, pretrained=False)
@@ -563,5 +571,5 @@ def predict(model: nn.Module, images: torch.Tensor):
 __all__ = [
     "BACKBONES", "BackboneFPN", "ContextRoIPool", "FixedSizeTransform", "MissingWeights", "ModelConfig",
     "build_backbone", "build_model", "checkpoint_config", "context_boxes", "load_checkpoint", "load_for_finetuning",
-    "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint",
+    "load_model", "load_pretrained_state", "predict", "pretrained_weights_path", "save_checkpoint",
 ]
