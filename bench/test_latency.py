@@ -33,7 +33,7 @@ def test_onnxruntime_cpu(benchmark, onnx_model, threads, batch):
     benchmark.name = f"onnxruntime cpu {card.precision} {onnx_model.name} batch {batch}"
     benchmark.extra_info.update({"slices_per_call": batch, "threads": threads, "precision": card.precision,
                                  "model": str(onnx_model), "paper_s_per_slice": PAPER_SECONDS_PER_SLICE})
-    benchmark.pedantic(backend.run, args=(data,), rounds=5 if batch <= 4 else 3, iterations=1)
+    benchmark.pedantic(backend.run, args=(data,), rounds=7 if batch <= 8 else 3, iterations=1)
 
 
 TORCH_WORKER = """
