@@ -134,6 +134,7 @@ def with_unit_clips(backbone: nn.Module, channels: int):
         setattr(parent, name, ReLU6AsUnitClip())
     probe = torch.rand(1, channels, 96, 96, generator=torch.Generator().manual_seed(0))
     original = copy.deepcopy(backbone).float().eval()
+
     def outputs(module):
         out = module(probe)
         return list(out.values()) if isinstance(out, dict) else [out]
@@ -191,8 +192,7 @@ class ExportableDetector(nn.Module):
         model = copy.deepcopy(model.eval())  # ``model`` itself is never changed
         self.dtype = torch.float16 if half else torch.float32
         unit_clips = with_unit_clips(model.backbone, self.channels)
-        self.unit_clips = unit_clips is not None
-        if self.unit_clips:
+        if unit_clips is not None:
             model.backbone = unit_clips
         if half:
             for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.box_predictor):

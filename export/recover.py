@@ -4,16 +4,16 @@ The shipped default model is an ONNX file; its ``.pt`` checkpoint is not
 shipped.  :func:`model_from_onnx` rebuilds the torch detector the graph came
 from: named initializers (``backbone.*``, ``rpn_head.*``, ``box_head.*``,
 ``box_predictor.*``, as :class:`~spinedet.export.graph.ExportableDetector`
-names its modules) are the weights (a tensor equal to another, zeros say, is
-stored once and named again by an ``Identity`` node); each frozen BatchNorm was folded into a
-``Mul`` by a scale and an ``Add`` of a bias after its convolution, and comes
-back as a BatchNorm that computes exactly that scale and bias; where the
-backbone's ReLU6 activations were exported as unit clips (``HardSigmoid``,
-see :class:`~spinedet.export.graph.UnitClip`), the convolutions after them
-get their weights divided by 6 again.  The model
-config is the card's ``export.model_config`` (written by ``spine-export``
-since it records it) or, for older cards, what the card and the weight
-shapes state, with the other fields at their defaults.
+names its modules) are the weights (a tensor equal to another, zeros say,
+is stored once and named again by an ``Identity`` node).  Each frozen
+BatchNorm was folded into a ``Mul`` by a scale and an ``Add`` of a bias after
+its convolution, and comes back as a BatchNorm that computes exactly that
+scale and bias.  Where the backbone's ReLU6 activations were exported as unit
+clips (``HardSigmoid``, see :class:`~spinedet.export.graph.UnitClip`), the
+convolutions after them get their weights divided by 6 again.  The model
+config is the card's ``export.model_config`` (recorded by ``spine-export``)
+or, for older cards, what the card and the weight shapes state, with the
+other fields at their defaults.
 
 Nothing is trusted blindly: the rebuilt model must reproduce the graph's
 detections (:func:`~spinedet.export.parity.parity_report`), or it is
@@ -23,16 +23,16 @@ digits), which is fine to start training from.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spinedet.runtime.contract import load_card
+from spinedet.runtime.errors import SpineDetError
 
 from .graph import relu6_consumers
-from spinedet.runtime.errors import SpineDetError
 
 #: ExportableDetector module prefix -> FasterRCNN module prefix
 PREFIXES = {"backbone.": "backbone.", "rpn_head.": "rpn.head.", "box_head.": "roi_heads.box_head.",
@@ -52,9 +52,8 @@ def _config_from_card(card, weights: dict):
     recorded = card.export.get("model_config")
     if recorded:
         return ModelConfig.from_dict(dict(recorded))
-    known = {f.name for f in fields(ModelConfig)}
     stated = {k: card.export[k] for k in ("backbone", "fpn_channels", "roi_levels", "roi_context_px")
-              if k in card.export and k in known}
+              if k in card.export}
     stated.update(input_size=tuple(card.input_size), pixel_size_um=card.pixel_size_um,
                   low_percentile=card.low_percentile, high_percentile=card.high_percentile,
                   max_detections=card.max_detections, depth_context_um=card.depth_context_um)
