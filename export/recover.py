@@ -112,6 +112,8 @@ def _load(onnx_path: Path):
     import onnx
     from onnx import numpy_helper
 
+    if not onnx_path.is_file():
+        raise SpineDetError("no such model file", onnx_path)
     card = load_card(onnx_path)
     try:
         graph = onnx.load(str(onnx_path)).graph

@@ -230,12 +230,14 @@ def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
     with torch.inference_mode():
         c = widened([x])[0]
     assert not torch.allclose(a["scores"][:5], c["scores"][:5])
-    # a checkpoint with context round-trips; asking it for another context size is an error
+    # a checkpoint with context round-trips; another context size keeps its weights and pools wider
     save_checkpoint(tmp_path / "w.pt", widened, wide_config)
     assert load_checkpoint(tmp_path / "w.pt")[1].roi_context_px == 12
     assert M.load_for_finetuning(tmp_path / "w.pt")[1].roi_context_px == 12
-    with pytest.raises(ValueError, match="context"):
-        M.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)
+    wider, wider_config = M.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)
+    assert wider_config.roi_context_px == 20 and wider.roi_heads.box_roi_pool.margin_px == 20
+    for key, value in widened.state_dict().items():
+        torch.testing.assert_close(wider.state_dict()[key], value)
 
 
 def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
@@ -251,6 +253,12 @@ def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
     torch.testing.assert_close(a["scores"], b["scores"])
     torch.testing.assert_close(a["boxes"], b["boxes"])
     assert deep_config.to_card().depth_context_um == 1.5 and deep_config.to_card().channels == 2
+    # a model with depth context takes another reach with its weights as they are
+    save_checkpoint(tmp_path / "d.pt", deep, deep_config)
+    deeper, deeper_config = M.load_for_finetuning(tmp_path / "d.pt", depth_context_um=2.5)
+    assert deeper_config.depth_context_um == 2.5 and deeper_config.in_channels == 2
+    for key, value in deep.state_dict().items():
+        torch.testing.assert_close(deeper.state_dict()[key], value)
     # with a frozen ImageNet stem the first convolution still trains: its context weights must learn
     frozen = build_model(ModelConfig(pretrained=True, depth_context_um=1.5, roi_levels=("0",), **SMALL),
                          pretrained=False)

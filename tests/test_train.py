@@ -302,6 +302,25 @@ def test_cli_runs_on_synthetic_data(tmp_path, capsys):
     assert "3d/synthetic" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", b"\x80\x02}q\x00."])
+@pytest.mark.parametrize("flag", ["--init", "--resume"])
+def test_cli_refuses_a_bad_checkpoint_before_building_data(tmp_path, capsys, monkeypatch, flag, content):
+    """A missing or foreign --init/--resume file is one error line, before minutes of data building start."""
+    import spinedet.training.train as T
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was built for a run that cannot start")
+
+    monkeypatch.setattr(T, "synthetic_stacks", no_data)
+    path = tmp_path / "start.pt"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["--out", str(tmp_path / "run"), flag, str(path), "--frozen-stages", "0", "--no-real"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("spine-train: error: ") and str(path) in err
+    assert ("no such checkpoint file" if content is None else "not a spine-train checkpoint") in err
+
+
 @pytest.mark.shared
 def test_real2d_mdg_val_loads_normalised(shared_data):
     pytest.importorskip("spinedet.training.labels")

@@ -47,6 +47,8 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from spinedet.runtime.errors import SpineDetError
+
 
 CHECKPOINT_FORMAT = 1
 
@@ -480,14 +482,27 @@ def load_checkpoint(path, map_location="cpu"):
 
     The model is rebuilt from the saved config without reading any ImageNet file.
     """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format')} is not {CHECKPOINT_FORMAT}")
+    payload = _read_checkpoint(path, map_location)
     config = ModelConfig.from_dict(payload.pop("config"))
     model = build_model(config, pretrained=False)
     model.load_state_dict(payload.pop("model"), strict=True)
     payload.pop("format")
     return model, config, payload
+
+
+def _read_checkpoint(path, map_location="cpu") -> dict:
+    """The payload of a ``spine-train`` checkpoint; SpineDetError naming the file if it is not one."""
+    if not Path(path).is_file():
+        raise SpineDetError("no such checkpoint file", path=path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
+        raise SpineDetError(f"not a spine-train checkpoint ({type(exc).__name__})", path=path) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "config" not in payload:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise SpineDetError(f"not a spine-train checkpoint (format {found}, expected {CHECKPOINT_FORMAT})",
+                            path=path)
+    return payload
 
 
 def _is_onnx(path) -> bool:
@@ -500,7 +515,7 @@ def checkpoint_config(path) -> ModelConfig:
         from spinedet.export.recover import config_from_onnx
 
         return config_from_onnx(path)
-    return ModelConfig.from_dict(torch.load(path, map_location="cpu", weights_only=True)["config"])
+    return ModelConfig.from_dict(_read_checkpoint(path)["config"])
 
 
 def load_model(path):
@@ -530,7 +545,8 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     depth context (the first convolution gets an input for the neighbour
     projection).  New inputs get zero weights, so the model starts out
     computing exactly what the checkpoint computed and learns to use the
-    context from there.  frozen_stages: how many backbone stages stay
+    context from there.  A checkpoint that has a context already takes
+    another reach (pixels, µm) with its weights as they are.  frozen_stages: how many backbone stages stay
     frozen from here on (None: as in the checkpoint).
     """
     model, config = load_model(path)
@@ -539,13 +555,17 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
         rebuilt = build_model(config, pretrained=False)
         rebuilt.load_state_dict(model.state_dict(), strict=True)
         model = rebuilt
-    changes = {}
+    changes, reaches = {}, {}
     for name, value in (("roi_context_px", roi_context_px), ("depth_context_um", depth_context_um)):
         if not value or value == getattr(config, name):
             continue
-        if getattr(config, name):
-            raise ValueError(f"{path}: the checkpoint has {name} {getattr(config, name):g} already, not {value:g}")
-        changes[name] = float(value)
+        # a checkpoint with this context already: another reach needs no new weights
+        (reaches if getattr(config, name) else changes)[name] = float(value)
+    if reaches:
+        config = replace(config, **reaches)
+        rebuilt = build_model(config, pretrained=False)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        model = rebuilt
     if not changes:
         return model, config
     config = replace(config, **changes)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from spinedet.runtime.context import reach_slices
+from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.postprocess import filter_detections
 from spinedet.runtime.tracking import track_slices
@@ -482,7 +483,14 @@ def settings(args) -> tuple[ModelConfig, TrainOptions]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    config, options = settings(args)
+    try:
+        for path in (args.resume, args.init):
+            if path is not None:
+                checkpoint_config(path)  # a file that is no checkpoint fails now, not after the data is built
+        config, options = settings(args)
+    except (SpineDetError, ValueError) as exc:
+        print(f"spine-train: error: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     norm = dict(low_percentile=config.low_percentile, high_percentile=config.high_percentile)
     train_sources, val_2d, val_3d = {}, {}, []
@@ -517,7 +525,7 @@ def main(argv=None) -> int:
     try:
         result = train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume,
                        init=args.init)
-    except (ValueError, FloatingPointError) as exc:
+    except (SpineDetError, ValueError, FloatingPointError) as exc:
         print(f"spine-train: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"best_score": result["best"], "final": result["metrics"]}, indent=None))
