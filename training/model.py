@@ -546,23 +546,21 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     projection).  New inputs get zero weights, so the model starts out
     computing exactly what the checkpoint computed and learns to use the
     context from there.  A checkpoint that has a context already takes
-    another reach (pixels, µm) with its weights as they are.  frozen_stages: how many backbone stages stay
-    frozen from here on (None: as in the checkpoint).
+    another reach (pixels, µm) with its weights as they are.
+    frozen_stages: how many backbone stages stay frozen from here on
+    (None: as in the checkpoint).
     """
     model, config = load_model(path)
+    same_weights, changes = {}, {}  # settings that keep every weight's shape; settings that add inputs
     if frozen_stages is not None and frozen_stages != config.frozen_stages:
-        config = replace(config, frozen_stages=int(frozen_stages))  # only requires_grad differs: same weights
-        rebuilt = build_model(config, pretrained=False)
-        rebuilt.load_state_dict(model.state_dict(), strict=True)
-        model = rebuilt
-    changes, reaches = {}, {}
+        same_weights["frozen_stages"] = int(frozen_stages)  # only requires_grad differs
     for name, value in (("roi_context_px", roi_context_px), ("depth_context_um", depth_context_um)):
         if not value or value == getattr(config, name):
             continue
         # a checkpoint with this context already: another reach needs no new weights
-        (reaches if getattr(config, name) else changes)[name] = float(value)
-    if reaches:
-        config = replace(config, **reaches)
+        (same_weights if getattr(config, name) else changes)[name] = float(value)
+    if same_weights:
+        config = replace(config, **same_weights)
         rebuilt = build_model(config, pretrained=False)
         rebuilt.load_state_dict(model.state_dict(), strict=True)
         model = rebuilt
