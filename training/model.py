@@ -551,31 +551,24 @@ def load_for_finetuning(path, roi_context_px: float | None = None, depth_context
     (None: as in the checkpoint).
     """
     model, config = load_model(path)
-    same_weights, changes = {}, {}  # settings that keep every weight's shape; settings that add inputs
+    changes = {}
     if frozen_stages is not None and frozen_stages != config.frozen_stages:
-        same_weights["frozen_stages"] = int(frozen_stages)  # only requires_grad differs
+        changes["frozen_stages"] = int(frozen_stages)  # only requires_grad differs
     for name, value in (("roi_context_px", roi_context_px), ("depth_context_um", depth_context_um)):
-        if not value or value == getattr(config, name):
-            continue
-        # a checkpoint with this context already: another reach needs no new weights
-        (same_weights if getattr(config, name) else changes)[name] = float(value)
-    if same_weights:
-        config = replace(config, **same_weights)
-        rebuilt = build_model(config, pretrained=False)
-        rebuilt.load_state_dict(model.state_dict(), strict=True)
-        model = rebuilt
+        if value and value != getattr(config, name):
+            changes[name] = float(value)  # a new context adds inputs; another reach of one keeps the shapes
     if not changes:
         return model, config
     config = replace(config, **changes)
-    widened = build_model(config, pretrained=False)
-    state, target = model.state_dict(), widened.state_dict()
+    rebuilt = build_model(config, pretrained=False)
+    state, target = model.state_dict(), rebuilt.state_dict()
     for key, value in state.items():
         wanted = target[key].shape
         if value.shape != wanted:  # more inputs: zeros for the new ones
             extra = torch.zeros(value.shape[:1] + (wanted[1] - value.shape[1],) + value.shape[2:], dtype=value.dtype)
             state[key] = torch.cat([value, extra], dim=1)
-    widened.load_state_dict(state, strict=True)
-    return widened, config
+    rebuilt.load_state_dict(state, strict=True)
+    return rebuilt, config
 
 
 def predict(model: nn.Module, images: torch.Tensor):

@@ -448,20 +448,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _frozen_stages(args) -> int:
+def _frozen_stages(args, init_config: ModelConfig | None) -> int:
     """``--frozen-stages`` if given, else the fine-tuned checkpoint's, else the default."""
     if args.frozen_stages is not None:
         return args.frozen_stages
     if args.init and not args.resume:
-        return checkpoint_config(args.init).frozen_stages
+        return (init_config or checkpoint_config(args.init)).frozen_stages
     return ModelConfig.frozen_stages
 
 
-def settings(args) -> tuple[ModelConfig, TrainOptions]:
-    """The model config and training options of parsed ``spine-train`` arguments."""
+def settings(args, init_config: ModelConfig | None = None) -> tuple[ModelConfig, TrainOptions]:
+    """The model config and training options of parsed ``spine-train`` arguments.
+
+    init_config: the ``--init`` checkpoint's config if already read (else it is read here when needed).
+    """
     config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
-                         frozen_stages=_frozen_stages(args), roi_context_px=args.roi_context,
+                         frozen_stages=_frozen_stages(args, init_config), roi_context_px=args.roi_context,
                          depth_context_um=args.depth_context,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
@@ -483,11 +486,12 @@ def settings(args) -> tuple[ModelConfig, TrainOptions]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    started = {}  # checkpoint path -> its config, each file read once
     try:
         for path in (args.resume, args.init):
             if path is not None:
-                checkpoint_config(path)  # a file that is no checkpoint fails now, not after the data is built
-        config, options = settings(args)
+                started[path] = checkpoint_config(path)  # a file that is no checkpoint fails now, before the data
+        config, options = settings(args, started.get(args.init))
     except (SpineDetError, ValueError) as exc:
         print(f"spine-train: error: {exc}", file=sys.stderr)
         return 2
@@ -497,9 +501,9 @@ def main(argv=None) -> int:
     # the model that trains decides whether samples carry depth context: a resumed one's own, or a fine-tuned one's
     depth = config.depth_context_um
     if args.resume:
-        depth = checkpoint_config(args.resume).depth_context_um
+        depth = started[args.resume].depth_context_um
     elif args.init:
-        depth = depth or checkpoint_config(args.init).depth_context_um
+        depth = depth or started[args.init].depth_context_um
     if args.synthetic_train:
         stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
         train_sources[SYNTHETIC] = [
