@@ -80,8 +80,11 @@ def spine_run(
     pixel_size: Optional[float] = typer.Option(None, help="Pixel size in µm (overrides the file's metadata)."),
     z_step: Optional[float] = typer.Option(None, help="Distance between slices in µm (overrides metadata)."),
     score_threshold: Optional[float] = typer.Option(
-        None, help="Keep boxes with confidence above this. Default: the model card's (0.5, the paper's, "
-                   "unless the model was calibrated)."),
+        None, help="Report a spine when its most confident box scores above this. Default: the model card's "
+                   "(0.5, the paper's, unless the model was calibrated)."),
+    link_threshold: Optional[float] = typer.Option(
+        None, help="Boxes above this confidence extend spines through z (at most --score-threshold). "
+                   "Default: the model card's (0.5, the paper's box rule), else the score threshold."),
     max_area: float = typer.Option(20.0, help="Drop boxes larger than this area, in µm²."),
     mip: bool = typer.Option(False, "--mip", help="Detect on the maximum-intensity projection (fast 2D mode)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write a PNG of the projection with numbered boxes."),
@@ -94,8 +97,10 @@ def spine_run(
     from .stacks import open_stack
 
     detector = _guarded("spine-run", lambda: SpineDetector(
-        model, device=device, batch=batch, threads=threads, score_threshold=score_threshold, max_area_um2=max_area))
-    settings = {"score_threshold": detector.score_threshold, "max_area_um2": max_area, "nms_iom": detector.nms_iom,
+        model, device=device, batch=batch, threads=threads, score_threshold=score_threshold, max_area_um2=max_area,
+        link_threshold=link_threshold))
+    settings = {"score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold,
+                "max_area_um2": max_area, "nms_iom": detector.nms_iom,
                 "link_iom": detector.link_iom, "max_misses": detector.max_misses, "batch": batch,
                 "device": detector.backend.device, "channel": channel}
     failures = 0

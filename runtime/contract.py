@@ -49,9 +49,13 @@ class ModelCard:
     max_detections: K, the fixed number of boxes per slice.
     tile_overlap_px: overlap in model pixels between tiles of large images;
         must exceed the largest spine.
-    score_threshold: boxes count when their confidence is above this.  0.5 is
-        the paper's; a model's own operating point, chosen on calibration
-        data (``spine-validate --calibrate``), may differ.
+    score_threshold: a spine counts when its most confident box scores above
+        this (in a single image: a box counts when it does).  0.5 is the
+        paper's; a model's own operating point, chosen on calibration data
+        (``spine-validate --calibrate``), may differ.
+    link_threshold: boxes above this build the tracks across slices, so the
+        faint slices of a confident spine extend it in z (the paper's 0.5).
+        None: the same as score_threshold (every box must pass it).
     depth_context_um: > 0: the model's second input channel is the maximum projection of the
         slices within this many µm above and below each slice; 0: one channel, the slice.
     metrics: measured validation metrics, free form, reported verbatim.
@@ -66,6 +70,7 @@ class ModelCard:
     tile_overlap_px: int = 64
     rescale_tolerance: float = 0.25
     score_threshold: float = 0.5
+    link_threshold: float | None = None
     depth_context_um: float = 0.0
     name: str = "unnamed"
     precision: str = "fp32"
@@ -131,6 +136,8 @@ def _check_card(card: ModelCard) -> None:
         raise ValueError("tile_overlap_px must be below half the input size")
     if not 0 <= card.score_threshold < 1:
         raise ValueError("score_threshold must be in [0, 1)")
+    if card.link_threshold is not None and not 0 <= card.link_threshold <= card.score_threshold:
+        raise ValueError("link_threshold must be in [0, score_threshold]")
     if not 0 <= card.depth_context_um <= 10:
         raise ValueError("depth_context_um must be between 0 and 10 µm")
 

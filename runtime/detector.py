@@ -105,14 +105,18 @@ class SpineDetector:
         shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
         providers), ``trt`` (native TensorRT engine) or ``auto``.
     batch: slices (or tiles) per inference call.  threads: CPU threads for
-        inference (None: all).  score_threshold (None: the model card's, 0.5
-        unless the model was calibrated), max_area_um2 (µm²) and nms_iom are
-        the paper's post-processing; link_iom and max_misses its tracker.
+        inference (None: all).  score_threshold: a spine is reported when its
+        best box scores above it (None: the model card's, 0.5 unless the
+        model was calibrated).  link_threshold: boxes above it are tracked
+        (None: the card's; at most score_threshold).  max_area_um2 (µm²) and
+        nms_iom are the paper's post-processing; link_iom and max_misses its
+        tracker.
     """
 
     def __init__(self, model=None, device: str = "cpu", batch: int = 8, threads: int | None = None,
                  score_threshold: float | None = None, max_area_um2: float | None = MAX_AREA_UM2,
-                 nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES):
+                 nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
+                 link_threshold: float | None = None):
         self.model_path = Path(model) if model is not None else default_model_path()
         if not self.model_path.is_file():
             hint = " (no default model is shipped in this install; pass a model file)" if model is None else ""
@@ -126,9 +130,14 @@ class SpineDetector:
             score_threshold = self.card.score_threshold
         if not 0 <= score_threshold < 1:
             raise SpineDetError(f"score threshold must be in [0, 1), got {score_threshold}")
+        if link_threshold is None:
+            link_threshold = self.card.link_threshold if self.card.link_threshold is not None else score_threshold
+        if not 0 <= link_threshold < 1:
+            raise SpineDetError(f"link threshold must be in [0, 1), got {link_threshold}")
         self.backend = open_backend(self.model_path, self.card, device, threads, batch_max=max(batch, 1))
         self.batch = int(batch)
         self.score_threshold = float(score_threshold)
+        self.link_threshold = float(min(link_threshold, score_threshold))
         self.max_area_um2 = max_area_um2
         self.nms_iom = float(nms_iom)
         self.link_iom = float(link_iom)
@@ -215,16 +224,22 @@ class SpineDetector:
         return boxes, scores
 
     def postprocess(self, boxes, scores, pixel_size_um: float | None):
-        """Score threshold, area cap and IoM-NMS for one slice's raw boxes."""
+        """Link threshold, area cap and IoM-NMS for one slice's raw boxes: the boxes the tracker sees."""
         cap = None
         if self.max_area_um2 is not None:
             cap = max_area_pixels(self.max_area_um2, pixel_size_um or self.card.pixel_size_um)
-        return filter_detections(boxes, scores, self.score_threshold, cap, self.nms_iom)
+        return filter_detections(boxes, scores, self.link_threshold, cap, self.nms_iom)
+
+    def tracker(self) -> SliceTracker:
+        """A fresh tracker with this detector's settings (tracks need a box above score_threshold)."""
+        return SliceTracker(self.link_iom, self.max_misses, self.score_threshold)
 
     def detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None) -> list:
-        """The spines' boxes in each 2D image: :meth:`raw_detections`, then :meth:`postprocess`.
+        """Each 2D image's boxes above the link threshold: :meth:`raw_detections`, then :meth:`postprocess`.
 
-        Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by decreasing score.
+        Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by
+        decreasing score.  Of a lone image, the spines are the boxes above
+        :attr:`score_threshold`; in a stack, the tracker decides.
         """
         return [self.postprocess(boxes, scores, pixel_size_um)
                 for boxes, scores in self.raw_detections(images, pixel_size_um, intensity_range, contexts)]
@@ -237,6 +252,8 @@ class SpineDetector:
 
     def slice_detections(self, stack, voxel_size=None) -> list:
         """Post-processed ``(boxes, scores)`` of every slice of ``stack``, as :meth:`detect` finds them before tracking.
+
+        The boxes are those above the link threshold (see :meth:`tracker`).
 
         stack, voxel_size: as for :meth:`detect`.
         """
@@ -349,7 +366,7 @@ class SliceStream:
 
     :meth:`add_slice` takes one raw slice and returns the spines whose tracks
     have closed; :meth:`finish` closes the rest.  Spine ids are stable from
-    the moment a spine is first seen.  A model with depth context needs the
+    the moment a spine is confirmed (a box above the score threshold).  A model with depth context needs the
     slices below a slice before it can search it, so detection runs
     :attr:`lag` slices behind the newest slice (0 for a slice-only model).
     """
@@ -358,7 +375,7 @@ class SliceStream:
         self.detector = detector
         self.voxel_size = voxel_size
         self.intensity_range = intensity_range
-        self.tracker = SliceTracker(detector.link_iom, detector.max_misses)
+        self.tracker = detector.tracker()
         reach = detector.context_reach(voxel_size.z_um)
         self._reach = reach
         self.lag = reach or 0

@@ -13,6 +13,8 @@ import numpy as np
 from .boxes import as_boxes, box_area, iom_nms
 
 SCORE_THRESHOLD = 0.5
+#: boxes above this build tracks; a track needs one box above the model's score threshold (see tracking)
+LINK_THRESHOLD = SCORE_THRESHOLD
 MAX_AREA_UM2 = 20.0
 NMS_IOM = 0.5
 

@@ -7,6 +7,13 @@ without a track starts a new spine.  A track that finds no box in a slice
 misses it; after two consecutive misses it is closed, so a spine may skip a
 single slice but not two.
 
+A spine is reported only if one of its slices is confident: boxes above a
+low *link* threshold (the paper's 0.5) build the tracks, and a track is kept
+when its best box scores above the model's spine threshold
+(``min_peak_score``).  Faint slices of a clearly seen spine so extend it in z
+instead of being lost, and a track made only of faint boxes is dropped
+(hysteresis thresholding; with ``min_peak_score=None`` every track is kept).
+
 :class:`SliceTracker` takes one slice at a time (a microscope acquiring a
 stack feeds slices as they arrive) and hands back tracks as they close;
 :func:`track_slices` runs it over a whole stack.
@@ -29,7 +36,8 @@ MAX_MISSES = 2
 class Track:
     """One spine followed through z.
 
-    spine_id: 1-based id in order of appearance.
+    spine_id: 1-based id in the order spines are confirmed (their first box
+        above ``min_peak_score``); 0 while the track is not confirmed.
     z: slice indices where the spine was detected (increasing).
     boxes: ``(len(z), 4)`` pixel boxes, one per detected slice.
     scores: confidences, one per detected slice.
@@ -53,11 +61,15 @@ class SliceTracker:
 
     link_iom: minimal IoM for a box to continue a track (paper: 0.5).
     max_misses: consecutive slices without a detection that close a track (paper: 2).
+    min_peak_score: a closed track is handed back only if one of its boxes
+        scored above this (None: every track).
     """
 
-    def __init__(self, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES):
+    def __init__(self, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
+                 min_peak_score: float | None = None):
         self.link_iom = link_iom
         self.max_misses = max_misses
+        self.min_peak_score = min_peak_score
         self._open: list[Track] = []
         self._next_id = 1
         self._last_z = None
@@ -90,24 +102,30 @@ class SliceTracker:
                 track.misses += 1
         closed += self._close_missing()
         for c in sorted(set(range(len(boxes))) - set(cols.tolist())):
-            track = Track(self._next_id)
-            self._next_id += 1
+            track = Track(0)
             self._extend(track, z, boxes[c], scores[c], values[c])
             self._open.append(track)
-        return closed
+        return self._confirmed(closed)
 
     def finish(self) -> list[Track]:
         """Close and return all tracks still open (the stack has ended)."""
         closed, self._open = self._open, []
-        return closed
+        return self._confirmed(closed)
 
-    @staticmethod
-    def _extend(track: Track, z, box, score, value) -> None:
+    def _extend(self, track: Track, z, box, score, value) -> None:
         track.z.append(int(z))
         track.boxes.append(np.asarray(box, dtype=np.float64))
         track.scores.append(float(score))
         track.values.append(value)
         track.misses = 0
+        if not track.spine_id and (self.min_peak_score is None or score > self.min_peak_score):
+            track.spine_id = self._next_id
+            self._next_id += 1
+
+    @staticmethod
+    def _confirmed(tracks: list[Track]) -> list[Track]:
+        """The closed tracks that became spines (unconfirmed ones are dropped)."""
+        return [t for t in tracks if t.spine_id]
 
     def _age(self, n: int) -> list[Track]:
         for track in self._open:
@@ -120,13 +138,14 @@ class SliceTracker:
         return closed
 
 
-def track_slices(detections, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES) -> BoxTable:
+def track_slices(detections, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
+                 min_peak_score: float | None = None) -> BoxTable:
     """Track a whole stack: ``detections[z] = (boxes (N, 4), scores (N,))``; return a BoxTable.
 
     Rows are one per spine per detected slice, spine ids 1-based in order of
-    appearance.
+    confirmation.  min_peak_score: keep only tracks with a box above it.
     """
-    tracker = SliceTracker(link_iom, max_misses)
+    tracker = SliceTracker(link_iom, max_misses, min_peak_score)
     tracks = []
     for z, (boxes, scores) in enumerate(detections):
         tracks += tracker.add_slice(z, boxes, scores)

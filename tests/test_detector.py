@@ -203,3 +203,33 @@ def test_card_and_model_must_agree_on_depth_context(blob_model, tmp_path):
     model.with_suffix(".json").write_text(json.dumps({**card, "depth_context_um": 50}))
     with pytest.raises(SpineDetError, match="depth_context_um"):
         SpineDetector(model)
+
+
+def test_faint_slices_extend_a_confident_spine_and_faint_tracks_are_dropped(tmp_path):
+    # spine A at (30, 40): faint (0.6 of the brightest) in slices 0-4 except slice 2, where it is bright;
+    # spine B at (90, 70): faint in every slice.  Scores are the normalised peak intensity.
+    shape = (5, 128, 128)
+    stack = np.stack([blob_image(shape[1:], [(30, 40)], amplitude=1000.0 if z == 2 else 600.0)
+                      + blob_image(shape[1:], [(90, 70)], amplitude=600.0, background=0.0)
+                      for z in range(shape[0])])
+    extra = {"high_percentile": 100.0, "low_percentile": 0.0, "score_threshold": 0.8}
+    linked = build_blob_model(tmp_path / "linked.onnx", card_extra={**extra, "link_threshold": 0.5})
+    result = SpineDetector(linked).detect(stack, voxel_size=(0.5, 0.1, 0.1))
+    assert [(s.spine_id, s.z) for s in result.spines] == [(1, (0, 1, 2, 3, 4))]
+    assert abs(result.spines[0].centroid_px[0] - 30) < 3
+    assert result.table.score.max() > 0.8 > result.table.score.min() > 0.5
+    # the same model without a link threshold: every box must pass 0.8, so A is one slice deep
+    alone = build_blob_model(tmp_path / "alone.onnx", card_extra=extra)
+    assert [s.z for s in SpineDetector(alone).detect(stack, voxel_size=(0.5, 0.1, 0.1)).spines] == [(2,)]
+    # a lower --score-threshold lowers the link threshold with it: both spines, all slices
+    assert [s.z for s in SpineDetector(linked, score_threshold=0.3).detect(stack).spines] == [(0, 1, 2, 3, 4)] * 2
+    # streamed slice by slice: the same spine
+    stream = SpineDetector(linked).stream(voxel_size=(0.5, 0.1, 0.1), intensity_range=result.intensity_range)
+    found = [s for image in stack for s in stream.add_slice(image)] + stream.finish()
+    assert [(s.spine_id, s.z) for s in found] == [(1, (0, 1, 2, 3, 4))]
+
+
+def test_card_link_threshold_above_the_score_threshold_is_refused(tmp_path):
+    model = build_blob_model(tmp_path / "m.onnx", card_extra={"score_threshold": 0.6, "link_threshold": 0.7})
+    with pytest.raises(SpineDetError, match="link_threshold"):
+        SpineDetector(model)

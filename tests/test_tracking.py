@@ -85,3 +85,37 @@ def test_values_travel_with_the_track():
     tracker.add_slice(1, [B], [0.8], values=[[3.0, 0.3]])
     tracks = {t.spine_id: t for t in tracker.finish()}
     assert np.asarray(tracks[2].values).tolist() == [[2.0, 0.2], [3.0, 0.3]]
+
+
+def scored(*rows):
+    """Each argument lists the ``(box, score)`` pairs present on that slice."""
+    return [(np.array([b for b, _ in r], dtype=float).reshape(-1, 4), np.array([s for _, s in r], dtype=float))
+            for r in rows]
+
+
+def test_a_track_needs_one_box_above_the_peak_score():
+    # A is faint, then clear, then faint again: one spine through all three slices;
+    # B is faint throughout: no spine
+    table = track_slices(scored([(A, 0.6), (B, 0.6)], [(A, 0.9), (B, 0.7)], [(A, 0.6)]), min_peak_score=0.85)
+    assert spans(table) == {1: [0, 1, 2]}
+    assert table.score.tolist() == [0.6, 0.9, 0.6]
+    # without the rule every track is a spine, ids in order of appearance
+    assert spans(track_slices(scored([(A, 0.6), (B, 0.6)], [(A, 0.9), (B, 0.7)], [(A, 0.6)]))) == {
+        1: [0, 1, 2], 2: [0, 1]}
+
+
+def test_spine_ids_count_confirmed_tracks_only():
+    # B appears first but stays faint; A is confirmed in slice 1 and gets id 1, C in slice 2 gets id 2
+    C = [80, 80, 90, 90]
+    table = track_slices(scored([(B, 0.6)], [(A, 0.9), (B, 0.6)], [(A, 0.9), (C, 0.95)]), min_peak_score=0.85)
+    assert spans(table) == {1: [1, 2], 2: [2]}
+
+
+def test_streaming_drops_tracks_that_were_never_confirmed():
+    tracker = SliceTracker(min_peak_score=0.85)
+    assert tracker.add_slice(0, [A, B], [0.6, 0.6]) == []
+    assert tracker.add_slice(1, [A], [0.9]) == []
+    assert tracker.add_slice(2, np.zeros((0, 4)), np.zeros(0)) == []  # B closes here, never confirmed
+    closed = tracker.add_slice(3, np.zeros((0, 4)), np.zeros(0))  # A closes here
+    assert [(t.spine_id, t.z) for t in closed] == [(1, [0, 1])]
+    assert tracker.finish() == []

@@ -52,13 +52,18 @@ def test_raising_the_threshold_afterwards_equals_detecting_at_it(blob_model):
     stack = make_stack(4, shape=(6, 128, 128), pixel_size_um=0.1, signal_photons=100.0)
     low = SpineDetector(blob_model, score_threshold=0.5)
     found = low.slice_detections(stack.image, stack.voxel_size)
-    compared = 0
+    compared, linked_differs = 0, False
     for t in (0.5, 0.6, 0.75, 0.9):
         direct = SpineDetector(blob_model, score_threshold=t).detect(stack.image, voxel_size=stack.voxel_size).table
         again = tracked_above(found, t, low)
         assert _tracks(direct) == _tracks(again)
         compared += len(direct)
-    assert compared > 0
+        # tracks built from boxes above 0.5, kept if a box passes t
+        direct_linked = SpineDetector(blob_model, score_threshold=t, link_threshold=0.5).detect(
+            stack.image, voxel_size=stack.voxel_size).table
+        assert _tracks(direct_linked) == _tracks(tracked_above(found, t, low, link_threshold=0.5))
+        linked_differs |= _tracks(direct_linked) != _tracks(direct)
+    assert compared > 0 and linked_differs
 
 
 def test_calibrate_writes_the_threshold_into_the_card(blob_model, tmp_path, capsys):
@@ -78,6 +83,7 @@ def test_calibrate_writes_the_threshold_into_the_card(blob_model, tmp_path, caps
     card = load_card(model)
     record = card.metrics["score_threshold_calibration"]
     assert card.score_threshold == record["chosen"] and card.score_threshold in THRESHOLDS
+    assert card.link_threshold == record["link_threshold"] == 0.5
     assert [r["threshold"] for r in record["sweep"]] == list(THRESHOLDS)
     best = max(r["synthetic_f1_3d"] for r in record["sweep"])
     assert [r for r in record["sweep"] if r["threshold"] == record["chosen"]][0]["synthetic_f1_3d"] == best

@@ -51,7 +51,7 @@ import torch
 from spinedet.runtime.context import reach_slices
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import filter_detections
+from spinedet.runtime.postprocess import LINK_THRESHOLD, filter_detections
 from spinedet.runtime.tracking import track_slices
 
 from .augment import AugmentConfig, augment
@@ -154,6 +154,10 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
                 raw=None, depth_context_um: float = 0.0) -> tuple[dict, dict]:
     """``(F1-3D, per-slice F1)`` of ``model`` on stacks: detect per slice, filter, track, score.
 
+    As in the runtime, boxes above the link threshold (0.5) are tracked and a
+    track counts if one of its boxes scores above ``threshold``; the
+    per-slice F1 counts the boxes above ``threshold``.
+
     Counts are summed over the stacks before the scores are computed.
     raw: per stack, the model's raw detections per slice, if already at hand.
     depth_context_um: the model's (:class:`ModelConfig`).
@@ -163,7 +167,8 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
     totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
     for stack, found in zip(stacks, raw):
         post = _post(found, options, threshold)
-        table = track_slices(post)
+        linked = _post(found, options, min(LINK_THRESHOLD, threshold))
+        table = track_slices(linked, min_peak_score=threshold)
         result = f1_3d(table, stack.table)
         for k in totals3:
             totals3[k] += result[k]

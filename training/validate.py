@@ -33,6 +33,7 @@ from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.stacks import read_image
 from spinedet.runtime.tables import BoxTable
+from spinedet.runtime.postprocess import LINK_THRESHOLD
 from spinedet.runtime.tracking import track_slices
 
 from .synth import make_stack
@@ -90,23 +91,31 @@ def real2d_f1(detector: SpineDetector, root: Path) -> dict | None:
     return {**f1_2d(predictions, truths), "images": len(images)}
 
 
-def tracked_above(detections: list, threshold: float, detector: SpineDetector) -> BoxTable:
-    """Slice detections (from :meth:`SpineDetector.slice_detections`) scoring above ``threshold``, tracked.
+def tracked_above(detections: list, threshold: float, detector: SpineDetector,
+                  link_threshold: float | None = None) -> BoxTable:
+    """What the detector finds at score threshold ``threshold`` (and ``link_threshold``), from its slice detections.
 
-    Greedy NMS keeps the same boxes, in the same order, whether low-scoring
-    boxes are removed before or after it, so this is what the detector
-    finds when run at ``threshold`` (tested), without running the model again.
+    detections: from :meth:`SpineDetector.slice_detections` of a detector
+    whose link threshold is at most both thresholds.  Boxes above
+    ``min(link_threshold, threshold)`` (None: ``threshold``) are tracked and
+    tracks with a box above ``threshold`` kept.  Greedy NMS keeps the same
+    boxes, in the same order, whether low-scoring boxes are removed before or
+    after it, so this equals running the detector at those thresholds
+    (tested), without running the model again.
     """
-    kept = [(boxes[scores > threshold], scores[scores > threshold]) for boxes, scores in detections]
-    return track_slices(kept, detector.link_iom, detector.max_misses)
+    link = threshold if link_threshold is None else min(link_threshold, threshold)
+    kept = [(boxes[scores > link], scores[scores > link]) for boxes, scores in detections]
+    return track_slices(kept, detector.link_iom, detector.max_misses, min_peak_score=threshold)
 
 
 def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, real_root: Path | None,
-                    thresholds=THRESHOLDS, seed: int = CALIBRATION_SEED) -> list[dict]:
+                    thresholds=THRESHOLDS, seed: int = CALIBRATION_SEED,
+                    link_threshold: float = LINK_THRESHOLD) -> list[dict]:
     """F1 at each score threshold (>= the detector's own): synthetic F1-3D over all settings, real2d-mdg val F1.
 
-    Runs the model once per stack or image at the detector's threshold and
-    raises it afterwards.  Returns one ``{threshold, synthetic, real, score}``
+    Stacks are tracked with boxes above ``link_threshold`` (which must not be
+    below the detector's link threshold).  Runs the model once per stack or
+    image at the detector's thresholds and raises them afterwards.  Returns one ``{threshold, synthetic, real, score}``
     per threshold, ``score`` being the mean of the F1s there are.
     """
     thresholds = [t for t in thresholds if t >= detector.score_threshold]
@@ -116,7 +125,7 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
             stack = make_stack(seed + 100 * k + j, shape=shape, **overrides)
             found = detector.slice_detections(stack.image, stack.voxel_size)
             for t in thresholds:
-                synthetic[t].append(f1_3d(tracked_above(found, t, detector), stack.table))
+                synthetic[t].append(f1_3d(tracked_above(found, t, detector, link_threshold), stack.table))
     real = {t: None for t in thresholds}
     if real_root is not None and (real_root / "labels.csv").is_file():
         from .labels import load_real2d_mdg
@@ -138,7 +147,9 @@ def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_roo
               threads: int | None = None, batch: int = 8) -> dict:
     """Choose the model's score threshold on calibration data and write it into its card.
 
-    The threshold with the best mean of synthetic F1-3D (stacks from
+    Tracks are built from boxes above :data:`LINK_THRESHOLD` (the paper's
+    0.5), which the card records as its ``link_threshold``; the score
+    threshold a track's best box must pass is chosen: the one with the best mean of synthetic F1-3D (stacks from
     :data:`CALIBRATION_SEED`, never the validation stacks) and real2d-mdg
     val F1 wins; ties go to the lower threshold.  The card is rewritten
     atomically with ``score_threshold`` and the sweep under
@@ -147,16 +158,17 @@ def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_roo
     from spinedet.runtime.contract import card_path, load_card
     from spinedet.runtime.files import write_all
 
-    detector = SpineDetector(model, batch=batch, threads=threads, score_threshold=min(THRESHOLDS))
+    detector = SpineDetector(model, batch=batch, threads=threads, score_threshold=min(THRESHOLDS),
+                             link_threshold=LINK_THRESHOLD)
     sweep = threshold_sweep(detector, stacks_per_setting, shape, real_root)
     best = max(sweep, key=lambda row: (round(row["score"], 4), -row["threshold"]))
-    record = {"chosen": best["threshold"], "seed": CALIBRATION_SEED, "stacks_per_setting": stacks_per_setting,
+    record = {"chosen": best["threshold"], "link_threshold": LINK_THRESHOLD, "seed": CALIBRATION_SEED, "stacks_per_setting": stacks_per_setting,
               "shape": list(shape), "real2d_mdg_val": best["real"] is not None,
               "sweep": [{"threshold": r["threshold"], "synthetic_f1_3d": round(r["synthetic"]["f1"], 4),
                          "real2d_mdg_val_f1": None if r["real"] is None else round(r["real"]["f1"], 4)}
                         for r in sweep]}
     card = load_card(model)
-    card = replace(card, score_threshold=best["threshold"],
+    card = replace(card, score_threshold=best["threshold"], link_threshold=LINK_THRESHOLD,
                    metrics={**card.metrics, "score_threshold_calibration": record})
     write_all({card_path(model): card.to_json() + "\n"})
     return record
@@ -190,6 +202,7 @@ def main(argv=None) -> int:
                                     real_root if real_root.is_dir() else None, args.threads, args.batch)
         detector = SpineDetector(args.model, batch=args.batch, threads=args.threads)
         results = {"model": args.model, "score_threshold": detector.score_threshold,
+                   "link_threshold": detector.link_threshold,
                    "calibration": calibration,
                    "synthetic_f1_3d": synthetic_f1_3d(detector, args.stacks_per_setting,
                                                       (args.slices, args.size, args.size)),
