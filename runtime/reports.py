@@ -23,7 +23,7 @@ from .contract import normalise
 from .tables import boxes_csv_text
 
 SPINE_COLUMNS = ("spine_id", "z_first", "z_last", "n_detected", "xmin", "ymin", "xmax", "ymax", "mean_score",
-                 "centroid_x_px", "centroid_y_px", "centroid_z_slice", "centroid_x_um", "centroid_y_um",
+                 "max_score", "centroid_x_px", "centroid_y_px", "centroid_z_slice", "centroid_x_um", "centroid_y_um",
                  "centroid_z_um", "fluorescence", "background")
 
 
@@ -35,7 +35,7 @@ def spines_csv_text(spines) -> str:
     for s in spines:
         um = s.centroid_um or (None, None, None)
         writer.writerow([s.spine_id, s.z_first, s.z_last, len(s.z), *(f"{v:.2f}" for v in s.mean_box),
-                         f"{s.mean_score:.4f}", *(f"{v:.2f}" for v in s.centroid_px),
+                         f"{s.mean_score:.4f}", f"{np.max(s.scores):.4f}", *(f"{v:.2f}" for v in s.centroid_px),
                          *("" if v is None else f"{v:.3f}" for v in um), f"{s.fluorescence:.6g}",
                          f"{s.background:.6g}"])
     return out.getvalue()

@@ -25,7 +25,8 @@ from .tracking import Track
 class Spine:
     """One detected 3D spine.
 
-    spine_id: 1-based, in order of appearance from the top slice down.
+    spine_id: 1-based, in the order spines are confirmed from the top slice down
+        (the first slice where a box passes the score threshold).
     z: slice numbers where the spine was detected (increasing).
     boxes: ``(len(z), 4)`` (x_min, y_min, x_max, y_max) in pixels, per detected slice.
     scores: detector confidence per detected slice.

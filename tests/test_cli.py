@@ -40,6 +40,11 @@ def test_spine_run_writes_tables_summary_and_overlay(good_stack, blob_model, tmp
     assert sorted(set(table.spine_id.tolist())) == [1, 2, 3]
     spines = (out / "good_spines.csv").read_text().splitlines()
     assert spines[0] == ",".join(SPINE_COLUMNS) and len(spines) == 4
+    rows = [dict(zip(SPINE_COLUMNS, line.split(","))) for line in spines[1:]]
+    for row in rows:  # a spine's best and mean box score, as in the boxes table
+        scores = table.score[table.spine_id == int(row["spine_id"])]
+        assert float(row["max_score"]) == pytest.approx(scores.max(), abs=1e-4)
+        assert float(row["mean_score"]) == pytest.approx(scores.mean(), abs=1e-4)
     summary = json.loads((out / "good_summary.json").read_text())
     assert summary["n_spines"] == 3 and summary["voxel_size_um"]["z"] == pytest.approx(0.5)
     assert summary["voxel_size_um"]["source"] == "ImageJ metadata"
