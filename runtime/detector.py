@@ -29,7 +29,7 @@ from . import contract
 from .backends import open_backend
 from .context import neighbour_projection, reach_slices
 from .errors import SpineDetError
-from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, max_area_pixels
+from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, link_threshold_for, max_area_pixels
 from .spines import Spine, box_fluorescence, spine_from_track
 from .stacks import Stack, VoxelSize
 from .tables import BoxTable
@@ -131,13 +131,13 @@ class SpineDetector:
         if not 0 <= score_threshold < 1:
             raise SpineDetError(f"score threshold must be in [0, 1), got {score_threshold}")
         if link_threshold is None:
-            link_threshold = self.card.link_threshold if self.card.link_threshold is not None else score_threshold
-        if not 0 <= link_threshold < 1:
+            link_threshold = self.card.link_threshold
+        if link_threshold is not None and not 0 <= link_threshold < 1:
             raise SpineDetError(f"link threshold must be in [0, 1), got {link_threshold}")
         self.backend = open_backend(self.model_path, self.card, device, threads, batch_max=max(batch, 1))
         self.batch = int(batch)
         self.score_threshold = float(score_threshold)
-        self.link_threshold = float(min(link_threshold, score_threshold))
+        self.link_threshold = link_threshold_for(score_threshold, link_threshold)
         self.max_area_um2 = max_area_um2
         self.nms_iom = float(nms_iom)
         self.link_iom = float(link_iom)
@@ -366,9 +366,10 @@ class SliceStream:
 
     :meth:`add_slice` takes one raw slice and returns the spines whose tracks
     have closed; :meth:`finish` closes the rest.  Spine ids are stable from
-    the moment a spine is confirmed (a box above the score threshold).  A model with depth context needs the
-    slices below a slice before it can search it, so detection runs
-    :attr:`lag` slices behind the newest slice (0 for a slice-only model).
+    the moment a spine is confirmed (a box above the score threshold).  A
+    model with depth context needs the slices below a slice before it can
+    search it, so detection runs :attr:`lag` slices behind the newest slice
+    (0 for a slice-only model).
     """
 
     def __init__(self, detector: SpineDetector, voxel_size: VoxelSize, intensity_range=None):

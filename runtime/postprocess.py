@@ -38,6 +38,14 @@ def filter_detections(boxes, scores, score_threshold: float = SCORE_THRESHOLD,
     return b[kept], s[kept]
 
 
+def link_threshold_for(score_threshold: float, link_threshold: float | None) -> float:
+    """The confidence above which boxes are tracked: ``link_threshold``, never above ``score_threshold``.
+
+    None means the score threshold itself (every box must pass it, no hysteresis).
+    """
+    return float(score_threshold if link_threshold is None else min(link_threshold, score_threshold))
+
+
 def max_area_pixels(max_area_um2: float, pixel_size_um: float) -> float:
     """The area cap in square pixels for a cap in µm² at the given pixel size (µm)."""
     return float(max_area_um2) / float(pixel_size_um) ** 2

@@ -51,7 +51,7 @@ import torch
 from spinedet.runtime.context import reach_slices
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, filter_detections
+from spinedet.runtime.postprocess import LINK_THRESHOLD, filter_detections, link_threshold_for
 from spinedet.runtime.tracking import track_slices
 
 from .augment import AugmentConfig, augment
@@ -166,9 +166,10 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
         raw = [detect(model, stack_inputs(stack, depth_context_um)) for stack in stacks]
     totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
     for stack, found in zip(stacks, raw):
-        post = _post(found, options, threshold)
-        linked = _post(found, options, min(LINK_THRESHOLD, threshold))
+        linked = _post(found, options, link_threshold_for(threshold, LINK_THRESHOLD))
         table = track_slices(linked, min_peak_score=threshold)
+        # greedy NMS keeps the same boxes whether weaker ones go before or after it
+        post = [(boxes[scores > threshold], scores[scores > threshold]) for boxes, scores in linked]
         result = f1_3d(table, stack.table)
         for k in totals3:
             totals3[k] += result[k]

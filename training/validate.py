@@ -31,9 +31,9 @@ import numpy as np
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
+from spinedet.runtime.postprocess import LINK_THRESHOLD, link_threshold_for
 from spinedet.runtime.stacks import read_image
 from spinedet.runtime.tables import BoxTable
-from spinedet.runtime.postprocess import LINK_THRESHOLD
 from spinedet.runtime.tracking import track_slices
 
 from .synth import make_stack
@@ -103,7 +103,7 @@ def tracked_above(detections: list, threshold: float, detector: SpineDetector,
     after it, so this equals running the detector at those thresholds
     (tested), without running the model again.
     """
-    link = threshold if link_threshold is None else min(link_threshold, threshold)
+    link = link_threshold_for(threshold, link_threshold)
     kept = [(boxes[scores > link], scores[scores > link]) for boxes, scores in detections]
     return track_slices(kept, detector.link_iom, detector.max_misses, min_peak_score=threshold)
 
@@ -115,8 +115,9 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
 
     Stacks are tracked with boxes above ``link_threshold`` (which must not be
     below the detector's link threshold).  Runs the model once per stack or
-    image at the detector's thresholds and raises them afterwards.  Returns one ``{threshold, synthetic, real, score}``
-    per threshold, ``score`` being the mean of the F1s there are.
+    image at the detector's thresholds and raises them afterwards.  Returns
+    one ``{threshold, synthetic, real, score}`` per threshold, ``score``
+    being the mean of the F1s there are.
     """
     thresholds = [t for t in thresholds if t >= detector.score_threshold]
     synthetic = {t: [] for t in thresholds}
