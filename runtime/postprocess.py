@@ -38,6 +38,16 @@ def filter_detections(boxes, scores, score_threshold: float = SCORE_THRESHOLD,
     return b[kept], s[kept]
 
 
+def above(detections, threshold: float) -> list:
+    """Filtered slice detections ``[(boxes (N, 4), scores (N,)), ...]``, only the boxes scoring above ``threshold``.
+
+    Greedy NMS keeps the same boxes, in the same order, whether weaker boxes
+    are removed before or after it, so this equals :func:`filter_detections`
+    run at ``threshold`` (if the detections were filtered at or below it).
+    """
+    return [(boxes[scores > threshold], scores[scores > threshold]) for boxes, scores in detections]
+
+
 def link_threshold_for(score_threshold: float, link_threshold: float | None) -> float:
     """The confidence above which boxes are tracked: ``link_threshold``, never above ``score_threshold``.
 

@@ -51,7 +51,7 @@ import torch
 from spinedet.runtime.context import reach_slices
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, filter_detections, link_threshold_for
+from spinedet.runtime.postprocess import LINK_THRESHOLD, above, filter_detections, link_threshold_for
 from spinedet.runtime.tracking import track_slices
 
 from .augment import AugmentConfig, augment
@@ -168,8 +168,7 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
     for stack, found in zip(stacks, raw):
         linked = _post(found, options, link_threshold_for(threshold, LINK_THRESHOLD))
         table = track_slices(linked, min_peak_score=threshold)
-        # greedy NMS keeps the same boxes whether weaker ones go before or after it
-        post = [(boxes[scores > threshold], scores[scores > threshold]) for boxes, scores in linked]
+        post = above(linked, threshold)
         result = f1_3d(table, stack.table)
         for k in totals3:
             totals3[k] += result[k]

@@ -31,7 +31,7 @@ import numpy as np
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, link_threshold_for
+from spinedet.runtime.postprocess import LINK_THRESHOLD, above, link_threshold_for
 from spinedet.runtime.stacks import read_image
 from spinedet.runtime.tables import BoxTable
 from spinedet.runtime.tracking import track_slices
@@ -98,13 +98,11 @@ def tracked_above(detections: list, threshold: float, detector: SpineDetector,
     detections: from :meth:`SpineDetector.slice_detections` of a detector
     whose link threshold is at most both thresholds.  Boxes above
     ``min(link_threshold, threshold)`` (None: ``threshold``) are tracked and
-    tracks with a box above ``threshold`` kept.  Greedy NMS keeps the same
-    boxes, in the same order, whether low-scoring boxes are removed before or
-    after it, so this equals running the detector at those thresholds
-    (tested), without running the model again.
+    tracks with a box above ``threshold`` kept.  By
+    :func:`~spinedet.runtime.postprocess.above` this equals running the
+    detector at those thresholds (tested), without running the model again.
     """
-    link = link_threshold_for(threshold, link_threshold)
-    kept = [(boxes[scores > link], scores[scores > link]) for boxes, scores in detections]
+    kept = above(detections, link_threshold_for(threshold, link_threshold))
     return track_slices(kept, detector.link_iom, detector.max_misses, min_peak_score=threshold)
 
 
@@ -134,7 +132,7 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
         images = load_real2d_mdg(real_root, "val")
         found = [detector.slice_detections(read_image(item.path))[0] for item in images]
         for t in thresholds:
-            real[t] = f1_2d([boxes[scores > t] for boxes, scores in found], [item.boxes for item in images])
+            real[t] = f1_2d([boxes for boxes, _ in above(found, t)], [item.boxes for item in images])
     out = []
     for t in thresholds:
         row = {"threshold": t, "synthetic": _summed(synthetic[t]), "real": real[t]}
@@ -163,7 +161,8 @@ def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_roo
                              link_threshold=LINK_THRESHOLD)
     sweep = threshold_sweep(detector, stacks_per_setting, shape, real_root)
     best = max(sweep, key=lambda row: (round(row["score"], 4), -row["threshold"]))
-    record = {"chosen": best["threshold"], "link_threshold": LINK_THRESHOLD, "seed": CALIBRATION_SEED, "stacks_per_setting": stacks_per_setting,
+    record = {"chosen": best["threshold"], "link_threshold": LINK_THRESHOLD, "seed": CALIBRATION_SEED,
+              "stacks_per_setting": stacks_per_setting,
               "shape": list(shape), "real2d_mdg_val": best["real"] is not None,
               "sweep": [{"threshold": r["threshold"], "synthetic_f1_3d": round(r["synthetic"]["f1"], 4),
                          "real2d_mdg_val_f1": None if r["real"] is None else round(r["real"]["f1"], 4)}
