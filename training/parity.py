@@ -11,12 +11,13 @@ at batch sizes 1, 3 and 8.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from spinedet.runtime.backends import OnnxRuntimeBackend
 from spinedet.runtime.boxes import iou
 from spinedet.runtime.context import neighbour_projection
 from spinedet.runtime.postprocess import filter_detections
+
+from .model import predict
 
 #: (minimal fraction of torch detections matched, maximal |score difference|) per precision
 TOLERANCE = {"fp32": (0.99, 1e-3), "fp16": (0.95, 3e-2)}
@@ -30,8 +31,8 @@ def builtin_inputs(size, channels: int = 1, count: int = 8, seed: int = 0) -> np
     projection of it and its neighbours above and below.
     """
     try:
-        from spinedet.training.data import normalise_stack
-        from spinedet.training.synth import make_stack
+        from .data import normalise_stack
+        from .synth import make_stack
 
         slices = normalise_stack(make_stack(seed, shape=(count - 1, *size)).image)
     except Exception:  # the generator is optional: blobs on a line will do
@@ -48,18 +49,6 @@ def builtin_inputs(size, channels: int = 1, count: int = 8, seed: int = 0) -> np
     stack = slices[:-1]
     contexts = [neighbour_projection(stack, k, 1) for k in range(len(stack))] + [slices[-1]]
     return np.stack([slices, np.stack(contexts)], axis=1)
-
-
-def torch_outputs(model, slices):
-    """Eager torch detections for model inputs ``(N, C, H, W)``: list of ``(boxes, scores)`` numpy arrays."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for k in range(0, len(slices), 4):
-            batch = torch.from_numpy(np.ascontiguousarray(slices[k:k + 4]))
-            for o in model(list(batch)):
-                out.append((o["boxes"].numpy().astype(np.float64), o["scores"].numpy().astype(np.float64)))
-    return out
 
 
 def compare(reference, candidate, score_tolerance: float, score_threshold: float = 0.5):
@@ -97,7 +86,7 @@ def parity_report(model, onnx_path, card, extra_slices=None, batches=BATCHES) ->
     if extra_slices is not None and len(extra_slices):
         extra = np.asarray(extra_slices, np.float32)[:, None]
         slices = np.concatenate([slices, np.repeat(extra, card.channels, axis=1)])
-    reference = torch_outputs(model, slices)
+    reference = predict(model, slices)
     backend = OnnxRuntimeBackend(onnx_path, card, "cpu")
     results = {}
     ok = True
