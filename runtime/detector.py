@@ -31,13 +31,16 @@ from .context import neighbour_projection, reach_slices
 from .errors import SpineDetError
 from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, link_threshold_for, max_area_pixels
 from .spines import Spine, box_fluorescence, spine_from_track
-from .stacks import Stack, VoxelSize
+from .stacks import Stack
 from .tables import BoxTable
 from .tiling import cut_tile, inner_edge_mask, plan_tiles, resize, scaled_shape
 from .tracking import LINK_IOM, MAX_MISSES, SliceTracker, tracks_to_table
+from .voxels import VoxelSize, as_voxel_size, assumptions, check_scale, rescale_factor
 
 DEFAULT_MODEL_NAME = "spinedet_default.onnx"
 MIN_SIDE_PX = 16  # in model pixels: anything smaller cannot hold a spine
+#: slices a stream waits for, when not given an intensity range, to estimate one (see SliceStream)
+RANGE_WARMUP_SLICES = 8
 
 
 def default_model_path() -> Path:
@@ -57,6 +60,7 @@ class DetectionResult:
     projection: the ``(Y, X)`` maximum-intensity projection, if asked for.
     context_slices: slices above and below each slice in its depth context
         (None: the model takes no depth context).
+    notes: what the run had to assume (an unknown pixel size, say), one sentence each.
     """
 
     spines: list
@@ -68,6 +72,15 @@ class DetectionResult:
     mip: bool = False
     projection: np.ndarray | None = None
     context_slices: int | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        """``"maximum projection"`` (``mip``), ``"single image"`` (one slice: boxes, no tracking through z)
+        or ``"3D tracking"``."""
+        if self.mip:
+            return "maximum projection"
+        return "single image" if self.shape[0] == 1 else "3D tracking"
 
 
 class _Clock:
@@ -81,21 +94,6 @@ class _Clock:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _as_voxel_size(voxel_size) -> VoxelSize:
-    if voxel_size is None:
-        return VoxelSize()
-    if isinstance(voxel_size, VoxelSize):
-        return voxel_size
-    values = tuple(voxel_size) if np.ndim(voxel_size) else (None, voxel_size, voxel_size)
-    if len(values) != 3:
-        raise SpineDetError(f"voxel_size must be (z, y, x) in µm, got {voxel_size!r}")
-    z, _, x = values
-    for v in (z, x):
-        if v is not None and not v > 0:
-            raise SpineDetError(f"voxel sizes must be positive µm, got {voxel_size!r}")
-    return VoxelSize(x, z, "given")
 
 
 class SpineDetector:
@@ -157,7 +155,7 @@ class SpineDetector:
         Returns one ``(boxes (M, 4), scores (M,))`` per image.
         """
         card = self.card
-        factor = self._rescale_factor(pixel_size_um)
+        factor = rescale_factor(pixel_size_um, self.card)
         tiles, owners = [], []
         plans = []
         for k, image in enumerate(images):
@@ -195,13 +193,6 @@ class SpineDetector:
             per_image[k][1].append(scores.astype(np.float64))
         return [(np.concatenate(b), np.concatenate(s)) for b, s in per_image]
 
-    def _rescale_factor(self, pixel_size_um: float | None) -> float:
-        """How much a slice of ``pixel_size_um`` is resized to reach the model's pixel size (1: not at all)."""
-        card = self.card
-        if pixel_size_um and abs(pixel_size_um / card.pixel_size_um - 1) > card.rescale_tolerance:
-            return pixel_size_um / card.pixel_size_um
-        return 1.0
-
     def slices_per_call(self, slice_shape, pixel_size_um: float | None) -> int:
         """How many slices of ``slice_shape`` (Y, X) pixels go into one :meth:`raw_detections` call.
 
@@ -210,7 +201,7 @@ class SpineDetector:
         least one slice), so a 2048 x 2048 stack holds one slice's tiles,
         not ``batch`` slices' worth.
         """
-        shape = scaled_shape(slice_shape, self._rescale_factor(pixel_size_um))
+        shape = scaled_shape(slice_shape, rescale_factor(pixel_size_um, self.card))
         tiles = len(plan_tiles(shape, self.card.input_size, self.card.tile_overlap_px))
         return max(1, self.batch // tiles)
 
@@ -306,7 +297,8 @@ class SpineDetector:
         progress: optional callable ``progress(done_slices, total_slices)``.
         """
         slices, z_index, voxel = self._as_slices(stack, voxel_size)
-        shape = (len(slices),) + np.shape(slices[0])
+        shape = (len(slices),) + tuple(slices.shape[1:] if isinstance(slices, Stack) else np.shape(slices[0]))
+        check_scale(voxel, shape[1:], self.card)  # before any work: an absurd size is refused at once
         clock = _Clock()
         with clock("read"):
             low, high = self.intensity_range(slices)
@@ -329,20 +321,23 @@ class SpineDetector:
         if mip and context is not None:
             context = 0  # the projection is its own context
         return DetectionResult(spines, tracks_to_table(spines), shape, voxel, (low, high), clock.seconds, mip,
-                               maximum if (projection or mip) else None, context)
+                               maximum if (projection or mip) else None, context,
+                               assumptions(voxel, self.card, 1 if mip else len(slices)))
 
-    def stream(self, voxel_size=None, intensity_range=None) -> "SliceStream":
+    def stream(self, voxel_size=None, intensity_range=None, warmup_slices: int = RANGE_WARMUP_SLICES) -> "SliceStream":
         """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
 
-        intensity_range: raw ``(low, high)`` mapped to 0..1; default: taken from
-        the first slice that is not blank, with the card's percentiles, and
-        kept for the stack (pass it when the first slices are mostly background).
+        intensity_range: raw ``(low, high)`` mapped to 0..1 for the whole stack
+        (e.g. :meth:`intensity_range` of a previous stack of the same field);
+        with it the stream finds what :meth:`detect` finds with that range.
+        Default: estimated from the first ``warmup_slices`` non-blank slices,
+        which are searched only once they have all arrived.
         """
-        return SliceStream(self, _as_voxel_size(voxel_size), intensity_range)
+        return SliceStream(self, as_voxel_size(voxel_size), intensity_range, warmup_slices)
 
     def _as_slices(self, stack, voxel_size):
         if isinstance(stack, Stack):
-            voxel = stack.voxel_size if voxel_size is None else _as_voxel_size(voxel_size)
+            voxel = stack.voxel_size if voxel_size is None else as_voxel_size(voxel_size)
             return stack, stack.z_index, voxel
         array = np.asarray(stack)
         if array.ndim == 2:
@@ -353,7 +348,7 @@ class SpineDetector:
             raise SpineDetError(f"image is empty (shape {array.shape})")
         if array.dtype.kind not in "uif":
             raise SpineDetError(f"unsupported pixel type {array.dtype}")
-        return array, list(range(len(array))), _as_voxel_size(voxel_size)
+        return array, list(range(len(array))), as_voxel_size(voxel_size)
 
 
 def max_projection(slices) -> np.ndarray:
@@ -370,12 +365,29 @@ class SliceStream:
     model with depth context needs the slices below a slice before it can
     search it, so detection runs :attr:`lag` slices behind the newest slice
     (0 for a slice-only model).
+
+    The intensity range (raw values mapped to 0 and 1 for the model) is fixed
+    for the whole stack.  Given (``intensity_range``), the stream finds
+    exactly what :meth:`SpineDetector.detect` finds with the same range, slice
+    for slice.  Otherwise it is estimated, with the card's percentiles, from
+    the first ``warmup_slices`` slices that are not blank; nothing is searched
+    until they have arrived, and the result can differ from ``detect()``,
+    which samples the whole stack (:attr:`intensity_range` tells what was used).
     """
 
-    def __init__(self, detector: SpineDetector, voxel_size: VoxelSize, intensity_range=None):
+    def __init__(self, detector: SpineDetector, voxel_size: VoxelSize, intensity_range=None,
+                 warmup_slices: int = RANGE_WARMUP_SLICES):
+        if warmup_slices < 1:
+            raise SpineDetError(f"warmup_slices must be at least 1, got {warmup_slices}")
+        if intensity_range is not None:
+            low, high = (float(v) for v in intensity_range)
+            if not high > low:
+                raise SpineDetError(f"intensity range must be (low, high) with high > low, got {intensity_range!r}")
+            intensity_range = (low, high)
         self.detector = detector
         self.voxel_size = voxel_size
         self.intensity_range = intensity_range
+        self.warmup_slices = int(warmup_slices)
         self.tracker = detector.tracker()
         reach = detector.context_reach(voxel_size.z_um)
         self._reach = reach
@@ -387,9 +399,13 @@ class SliceStream:
     def add_slice(self, image, z: int | None = None) -> list[Spine]:
         """Take one raw ``(Y, X)`` slice (slice number ``z``, default: the next); return the spines that closed."""
         image = np.asarray(image)
+        if image.ndim != 2 or image.size == 0:
+            raise SpineDetError(f"expected a 2D slice, got shape {image.shape}")
         z = self._next_z if z is None else int(z)
         if self._received and z <= self._received[-1][0]:
             raise SpineDetError(f"slices must arrive in increasing z order (got {z} after {self._received[-1][0]})")
+        if self._next_z == 0 and not self._received:  # the first slice: refuse an unusable voxel size at once
+            check_scale(self.voxel_size, image.shape, self.detector.card)
         self._next_z = z + 1
         self._received.append((z, image))
         self._waiting += 1
@@ -408,6 +424,8 @@ class SliceStream:
 
     def _search(self, final: bool) -> list[Spine]:
         """Detect in every waiting slice whose neighbours below have arrived (all of them if ``final``)."""
+        if self.intensity_range is None and not self._estimate_range(final):
+            return []
         closed = []
         newest = self._received[-1][0] if self._received else 0
         while self._waiting:
@@ -421,12 +439,18 @@ class SliceStream:
             self._received = [(zz, im) for zz, im in self._received if zz >= keep_from]
         return closed
 
+    def _estimate_range(self, final: bool) -> bool:
+        """Fix the intensity range from the first non-blank slices once enough have arrived; False: wait."""
+        shown = [im for _, im in self._received if np.ptp(im) > 0]  # blank slices (shutter closed) have no contrast
+        if len(shown) < self.warmup_slices and not final:
+            return False
+        if shown:
+            self.intensity_range = contract.intensity_range(shown, self.detector.card)
+        return True
+
     def _search_slice(self, z: int, image) -> list[Spine]:
-        if self.intensity_range is None:
-            low, high = contract.intensity_range([image], self.detector.card)
-            if high <= low:  # a blank slice (shutter closed, dark frame) has no contrast to set the range by
-                return self.add_detections(z, image, np.zeros((0, 4)), np.zeros(0))
-            self.intensity_range = (low, high)
+        if self.intensity_range is None:  # the whole stack was blank: nothing to find
+            return self.add_detections(z, image, np.zeros((0, 4)), np.zeros(0))
         contexts = None
         if self._reach is not None:
             contexts = [max_projection([im for zz, im in self._received if abs(zz - z) <= self._reach])]

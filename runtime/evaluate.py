@@ -60,6 +60,20 @@ def spines_of(table: BoxTable, stack: str, min_mean_score: float | None = None) 
     return Spines3D(ids[keep], mean_box[keep], z_first[keep], z_last[keep], mean_score[keep])
 
 
+def projected(table: BoxTable) -> BoxTable:
+    """Every spine as one row on slice 0: its z-averaged box and mean score.
+
+    Scores a maximum-projection run (``spine-run --mip``) against 3D ground
+    truth in the plane: both reduced to one box per spine.
+    """
+    parts = []
+    for stack in table.stacks():
+        spines = spines_of(table, stack)
+        n = len(spines.spine_id)
+        parts.append(BoxTable.from_rows(spines.spine_id, np.zeros(n), spines.mean_box, spines.mean_score, [stack] * n))
+    return BoxTable.concatenate(parts)
+
+
 def iom_z(first_a, last_a, first_b, last_b) -> np.ndarray:
     """Pairwise IoM of inclusive slice ranges, shape ``(len(a), len(b))``."""
     fa, la = np.asarray(first_a)[:, None], np.asarray(last_a)[:, None]

@@ -35,7 +35,8 @@ class Spine:
     centroid_px: ``(x, y, z)``, x and y in pixels (centre of the mean box), z in slices.
     centroid_um: ``(x, y, z)`` in µm, None where the voxel size is unknown.
     fluorescence: integrated intensity inside the 3D box minus the local
-        background, in raw intensity units x voxels.
+        background, in raw intensity units x voxels (the file's grey values
+        summed over the box's voxels).
     background: mean local background per voxel, raw intensity units.
     """
 
@@ -61,10 +62,16 @@ def box_fluorescence(image: np.ndarray, boxes) -> np.ndarray:
     """Integrated intensity and local background of each box on one slice.
 
     image: ``(Y, X)`` raw intensities.  boxes: ``(N, 4)`` pixels.  The box
-    covers the pixels whose centres lie inside it.  Background is the median
-    of a frame around the box, as wide as half the box's larger side (at least
-    2 pixels).  Returns ``(N, 2)``: column 0 the sum inside minus background
-    times the pixel count, column 1 the background per pixel.
+    covers the pixels whose centres lie inside it.  Background comes from a
+    frame around the box, as wide as half the box's larger side (at least 2
+    pixels), cut into its four sides (the strips above, below, left and right
+    of the box, corners left out): it is the median of the darkest side.  A spine sits beside its bright
+    shaft, which fills one or more sides of the frame (between two shafts,
+    most of it), so the median of the whole frame would count the shaft as
+    background; the side away from the shaft is the background around it.
+    Returns ``(N, 2)``: column 0
+    the sum inside minus background times the pixel count (raw intensity
+    units x pixels), column 1 the background per pixel (raw intensity units).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     out = np.zeros((len(boxes), 2))
@@ -76,10 +83,9 @@ def box_fluorescence(image: np.ndarray, boxes) -> np.ndarray:
         inside = image[r0:r1, c0:c1].astype(np.float64)
         pad = max(2, int(round(0.5 * max(c1 - c0, r1 - r0))))
         R0, R1, C0, C1 = max(r0 - pad, 0), min(r1 + pad, ny), max(c0 - pad, 0), min(c1 + pad, nx)
-        frame = image[R0:R1, C0:C1].astype(np.float64)
-        ring = np.ones(frame.shape, dtype=bool)
-        ring[r0 - R0:r1 - R0, c0 - C0:c1 - C0] = False
-        background = float(np.median(frame[ring])) if ring.any() else 0.0
+        sides = (image[R0:r0, c0:c1], image[r1:R1, c0:c1], image[r0:r1, C0:c0], image[r0:r1, c1:C1])
+        medians = [float(np.median(side)) for side in sides if side.size]
+        background = min(medians) if medians else 0.0
         out[k] = inside.sum() - background * inside.size, background
     return out
 

@@ -22,36 +22,24 @@ names the file.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SpineDetError
 from .tables import slice_index_from_name
+from .voxels import VoxelSize, plausible
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DEPTH_AXES = "ZQI"  # tifffile: Z depth, Q unknown, I image sequence
+#: colour channels within this fraction of the value range of each other are one grey image
+GREY_TOLERANCE = 0.03
 _UNIT_IN_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
                "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
                "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
-_PLAUSIBLE_UM = (0.005, 20.0)  # voxel sizes outside this are display defaults (72 dpi), not optics
-
-
-@dataclass(frozen=True)
-class VoxelSize:
-    """Voxel size in µm; None where the file does not say.  ``source`` says where each value came from."""
-
-    x_um: float | None = None
-    z_um: float | None = None
-    source: str = "unknown"
-
-    def pixel_size_or(self, default: float) -> float:
-        return self.x_um if self.x_um else default
 
 
 class Stack:
@@ -141,7 +129,8 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
     if pixel_size is not None or z_step is not None:
         old = stack.voxel_size
         stack.voxel_size = VoxelSize(pixel_size or old.x_um, z_step or old.z_um,
-                                     "command line" if old.source == "unknown" else old.source + " + command line")
+                                     "command line" if old.source == "unknown" else old.source + " + command line",
+                                     old.ignored if pixel_size is None else "")
     return stack
 
 
@@ -327,12 +316,21 @@ def _slice_selector(axes, shape, layout, channel, reader, path):
 
 
 def _channels_equal(pick, n_channels, depth) -> bool:
-    """True if a colour image is grey stored as colour (R, G, B equal, checked on up to 3 slices)."""
-    for k in sorted({0, depth // 2, depth - 1}):
-        first = pick(k, 0)
-        if any(not np.array_equal(first, pick(k, c)) for c in range(1, min(n_channels, 3))):
-            return False
-    return True
+    """True if a colour image is grey stored as colour (R, G, B nearly equal, checked on up to 3 slices)."""
+    return all(grey_channels([pick(k, c) for c in range(min(n_channels, 3))]) for k in sorted({0, depth // 2, depth - 1}))
+
+
+def grey_channels(channels) -> bool:
+    """True if the colour channels (2D arrays) of an image are the same grey picture.
+
+    Grey saved as RGB is rarely bit-identical (compression, colour
+    management): channels count as grey when no pixel differs from the first
+    channel by more than :data:`GREY_TOLERANCE` of its value range (8 levels
+    of 255); two real fluorophores differ far more.
+    """
+    first = np.asarray(channels[0], dtype=np.float64)
+    allowed = GREY_TOLERANCE * max(float(np.ptp(first)), 1.0)
+    return all(float(np.abs(np.asarray(c, dtype=np.float64) - first).max()) <= allowed for c in channels[1:])
 
 
 def _tiff_voxel_size(tif) -> VoxelSize:
@@ -345,13 +343,28 @@ def _tiff_voxel_size(tif) -> VoxelSize:
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         scale = _unit_scale(meta.get("unit", ""))
-        x_um = _plausible(x_res * scale) if x_res and scale else None
-        z_um = _plausible(float(meta["spacing"]) * scale) if meta.get("spacing") and scale else None
-        return VoxelSize(x_um, z_um, "ImageJ metadata" if x_um or z_um else "unknown")
+        x_found = x_res * scale if x_res and scale else None
+        z_found = float(meta["spacing"]) * scale if meta.get("spacing") and scale else None
+        return _believed(x_found, z_found, "ImageJ metadata")
     unit = page.tags.get("ResolutionUnit")
-    per_unit_um = {2: 25400.0, 3: 10000.0}.get(int(unit.value) if unit else 2)
-    x_um = _plausible(x_res * per_unit_um) if x_res and per_unit_um else None
-    return VoxelSize(x_um, None, "TIFF resolution tags" if x_um else "unknown")
+    unit = int(unit.value) if unit else 2
+    per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+    if not (x_res and per_unit_um):
+        return VoxelSize()
+    size = _believed(x_res * per_unit_um, None, "TIFF resolution tags")
+    if size.ignored:
+        per = "inch" if unit == 2 else "cm"
+        size = VoxelSize(ignored=f"its resolution tag, {1 / x_res:g} pixels per {per}, is a print or display "
+                                 f"setting ({x_res * per_unit_um:g} µm/px), not the microscope's")
+    return size
+
+
+def _believed(x_um, z_um, source: str) -> VoxelSize:
+    """The plausible ones of the sizes a file states; the others are named in ``ignored``."""
+    x, z = plausible(x_um), plausible(z_um)
+    ignored = [f"{name} {v:g} µm in the {source}" for name, v, ok in (("pixel size", x_um, x), ("z-step", z_um, z))
+               if v is not None and ok is None]
+    return VoxelSize(x, z, source if x or z else "unknown", "ignored " + " and ".join(ignored) if ignored else "")
 
 
 def _resolution(page) -> float | None:
@@ -374,9 +387,8 @@ def _ome_voxel_size(xml: str | None) -> VoxelSize:
             def size(axis):
                 value = element.get(f"PhysicalSize{axis}")
                 scale = _unit_scale(element.get(f"PhysicalSize{axis}Unit", "µm"))
-                return _plausible(float(value) * scale) if value and scale else None
-            x_um, z_um = size("X"), size("Z")
-            return VoxelSize(x_um, z_um, "OME metadata" if x_um or z_um else "unknown")
+                return float(value) * scale if value and scale else None
+            return _believed(size("X"), size("Z"), "OME metadata")
     return VoxelSize()
 
 
@@ -384,10 +396,6 @@ def _unit_scale(unit) -> float | None:
     if isinstance(unit, bytes):
         unit = unit.decode("latin-1")
     return _UNIT_IN_UM.get(str(unit).strip().lower())
-
-
-def _plausible(um: float) -> float | None:
-    return um if _PLAUSIBLE_UM[0] <= um <= _PLAUSIBLE_UM[1] and math.isfinite(um) else None
 
 
 # --- PNG ----------------------------------------------------------------------------------------------------------
@@ -412,7 +420,7 @@ def _grey(image: np.ndarray, channel, path) -> np.ndarray:
         if not 0 <= channel < colours:
             raise SpineDetError(f"--channel {channel} does not exist: the image has {colours} colour channels", path)
         return image[..., channel]
-    if colours == 1 or all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, colours)):
+    if colours == 1 or grey_channels([image[..., c] for c in range(colours)]):
         return image[..., 0]
     raise SpineDetError(f"image has {colours} colour channels that differ; choose one with --channel N", path)
 

@@ -49,7 +49,7 @@ def test_spine_run_writes_tables_summary_and_overlay(good_stack, blob_model, tmp
     assert summary["n_spines"] == 3 and summary["voxel_size_um"]["z"] == pytest.approx(0.5)
     assert summary["voxel_size_um"]["source"] == "ImageJ metadata"
     overlay = imagecodecs.png_decode((out / "good_overlay.png").read_bytes())
-    assert overlay.shape == (128, 128, 3)
+    assert overlay.shape == (1024, 1024, 3)  # a 128 px image is enlarged 8x to stay legible
     assert (overlay == [255, 220, 0]).all(axis=2).sum() > 50  # boxes and numbers are drawn
     assert "good.tif: 3 spines in 10 slices" in result.stderr
 
@@ -148,3 +148,54 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_absurd_pixel_size_is_refused_at_once_naming_where_it_came_from(blob_model, tmp_path):
+    """ImageJ metadata of 5 µm/px would resample each slice 50x (minutes, then gigabytes): refused before any work."""
+    path = tmp_path / "coarse.tif"
+    tifffile.imwrite(path, synthetic_stack(), imagej=True, resolution=(0.2, 0.2),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    result = run(path, "--model", blob_model, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("spine-run: error: ")
+    assert "pixel size 5 µm (ImageJ metadata)" in line and "50x to 6400x6400 px" in line and "--pixel-size" in line
+    result = run(path, "--model", blob_model, "--out", tmp_path / "out", "--pixel-size", "50")
+    assert "pixel size 50 µm (ImageJ metadata + command line)" in result.stderr and result.exit_code == 1
+    result = run(path, "--model", blob_model, "--out", tmp_path / "out", "--pixel-size", "0.1", "-q")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert not (tmp_path / "out" / "coarse_summary.json").read_text().count("assumed")
+
+
+def test_library_refuses_an_absurd_voxel_size_before_inference(blob_model, monkeypatch):
+    from spinedet.runtime import SpineDetError, SpineDetector
+
+    detector = SpineDetector(blob_model)
+    monkeypatch.setattr(detector.backend, "run", lambda batch: pytest.fail("inference ran"))
+    with pytest.raises(SpineDetError, match="pixel size 0.0001 µm .given."):
+        detector.detect(synthetic_stack(), voxel_size=(0.5, 0.0001, 0.0001))
+    with pytest.raises(SpineDetError, match="z-step 500 µm"):
+        detector.detect(synthetic_stack(), voxel_size=(500, 0.1, 0.1))
+    stream = detector.stream(voxel_size=(0.5, 5.0, 5.0))
+    with pytest.raises(SpineDetError, match="pixel size 5 µm"):
+        stream.add_slice(synthetic_stack()[0])
+
+
+def test_unknown_pixel_size_is_said_on_stderr_and_in_the_summary(blob_model, tmp_path):
+    image = synthetic_stack()[0]
+    png = tmp_path / "slice.png"
+    png.write_bytes(imagecodecs.png_encode((image // 8).astype(np.uint8)))
+    printed = tmp_path / "printed.tif"  # a TIFF whose resolution tag is a 300 dpi print setting
+    tifffile.imwrite(printed, synthetic_stack(), resolution=(300, 300), resolutionunit="INCH")
+    result = run(png, printed, "--model", blob_model, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("spine-run: note: ")]
+    assert len(notes) == 2
+    assert "slice.png: no pixel size in the file: assumed the model's 0.1 µm/px" in notes[0]
+    assert "printed.tif: no pixel size in the file (its resolution tag, 300 pixels per inch, is a print" in notes[1]
+    summary = json.loads((tmp_path / "out" / "printed_summary.json").read_text())
+    assert summary["voxel_size_um"]["x"] is None and "assumed the model's 0.1" in summary["notes"][0]
+    assert summary["mode"] == "3D tracking"
+    assert json.loads((tmp_path / "out" / "slice_summary.json").read_text())["mode"] == "single image"
+    quiet = run(png, "--model", blob_model, "--out", tmp_path / "q", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""

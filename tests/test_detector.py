@@ -64,16 +64,22 @@ def test_streaming_reports_a_spine_when_its_track_closes(blob_model):
     assert sorted(s.spine_id for s in stream.finish()) == [1, 3]
 
 
-def test_streaming_sets_its_range_from_the_first_slice_that_is_not_blank(blob_model):
+def test_streaming_waits_for_its_warmup_slices_then_fixes_the_range(blob_model):
+    from spinedet.runtime.contract import intensity_range
+
     stack = synthetic_stack()
-    whole = SpineDetector(blob_model).detect(stack)
+    detector = SpineDetector(blob_model)
+    whole = detector.detect(stack)
     dark = np.zeros((2,) + stack.shape[1:], stack.dtype)  # e.g. two frames with the shutter still closed
-    stream = SpineDetector(blob_model).stream()
+    stream = detector.stream(warmup_slices=3)
     found = []
-    for image in np.concatenate([dark, stack]):
+    for k, image in enumerate(np.concatenate([dark, stack])):
         found += stream.add_slice(image)
+        if k < 4:  # two dark frames and two slices: the range is not known yet, nothing is searched
+            assert stream.intensity_range is None and stream.tracker._last_z is None
+    # the range comes from the first three slices that are not blank
+    assert stream.intensity_range == pytest.approx(intensity_range(list(stack[:3]), detector.card))
     found += stream.finish()
-    assert stream.intensity_range[1] > stream.intensity_range[0]
     # the same spines, two slices further down
     assert sorted((s.z[0] - 2, s.z[-1] - 2) for s in found) == sorted((s.z[0], s.z[-1]) for s in whole.spines)
 
@@ -124,6 +130,18 @@ def test_box_fluorescence_subtracts_local_background():
     values = box_fluorescence(image, [[20, 20, 30, 30]])
     assert values[0, 1] == pytest.approx(100)
     assert values[0, 0] == pytest.approx(50 * 100)
+
+
+def test_spine_between_bright_shafts_keeps_a_positive_fluorescence():
+    """The frame around a spine that sits between two shafts is mostly shaft: it is not the background."""
+    rng = np.random.default_rng(0)
+    image = 10 + rng.normal(0, 2, (100, 100))
+    image[:, 30:50] += 240  # a shaft left of the spine
+    image[:, 58:80] += 240  # and one right of it
+    image[40:50, 50:58] += 140  # the spine: 8 x 10 px, dimmer than the shafts, far brighter than the background
+    fluorescence, background = box_fluorescence(image, [[50, 40, 58, 50]])[0]
+    assert background == pytest.approx(10, abs=3)  # the dark gap above and below, not the shafts' 250
+    assert fluorescence == pytest.approx(140 * 80, rel=0.05)
 
 
 def test_integrated_fluorescence_of_a_tracked_spine(blob_model):

@@ -120,14 +120,30 @@ def test_spine_eval_consensus_command(tmp_path):
     for k, rows in enumerate([spine + [(2, 0, 40, 40, 50, 50, 1)], spine, spine]):
         paths.append(tmp_path / f"a{k}.csv")
         paths[-1].write_text(boxes_csv_text(table(rows)))
-    out = tmp_path / "majority.csv"
-    result = CliRunner().invoke(eval_app, ["consensus", *map(str, paths), "--min-votes", "3", "--out", str(out)])
+    result = CliRunner().invoke(eval_app, ["consensus", *map(str, paths), "--min-votes", "3", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    out = tmp_path / "consensus-3of3.csv"  # --out is a folder, as in every command
     agreed = read_box_table(out)
     assert np.unique(agreed.spine_id).tolist() == [1]
     result = CliRunner().invoke(eval_app, ["--gt", str(out), "--pred", str(paths[0]), "--json"])
     s = json.loads(result.stdout)
     assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 0)
+
+
+def test_spine_eval_explains_a_projection_scored_in_3d(tmp_path):
+    """spine-run --mip output against 3D ground truth: a note says why F1-3D is 0, --projected scores the plane."""
+    gt = table([(1, z, 10, 10, 20, 20, 1) for z in range(5)] + [(2, z, 40, 40, 52, 50, 1) for z in range(3, 9)])
+    mip = table([(1, 0, 10, 11, 20, 21, 0.9), (2, 0, 40, 40, 51, 50, 0.8)])
+    (tmp_path / "gt.csv").write_text(boxes_csv_text(gt))
+    (tmp_path / "mip.csv").write_text(boxes_csv_text(mip))
+    args = ["--gt", str(tmp_path / "gt.csv"), "--pred", str(tmp_path / "mip.csv")]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0
+    assert "spine-eval: note: every detection lies in slice 0" in result.stderr and "--projected" in result.stderr
+    assert "F1-3D 0.5000" in result.stdout  # spine 1 overlaps slice 0 by chance; spine 2 does not
+    result = CliRunner().invoke(eval_app, args + ["--projected", "--json"])
+    s = json.loads(result.stdout)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 0, 0) and s["notes"] == []
 
 
 def test_spine_eval_bad_file_is_one_line(tmp_path):

@@ -60,6 +60,7 @@ def test_plain_tiff_without_metadata_has_unknown_voxel_size_and_72_dpi_is_ignore
     tifffile.imwrite(path, ramp_stack(dtype=np.uint8), resolution=(72, 72), resolutionunit="INCH")
     with open_stack(path) as stack:
         assert stack.voxel_size.x_um is None and stack.shape == (6, 40, 50)
+        assert "72 pixels per inch" in stack.voxel_size.ignored and "print or display setting" in stack.voxel_size.ignored
 
 
 def test_resolution_tags_in_centimetres(tmp_path):
@@ -151,6 +152,25 @@ def test_grey_stored_as_rgb_png_is_grey_and_true_colour_needs_channel(tmp_path):
     with open_stack(tmp_path / "g.tif") as stack:
         assert stack.is_2d and stack.shape == (1, 30, 40)
         np.testing.assert_array_equal(stack[0], grey)
+
+
+def test_nearly_identical_colour_channels_are_grey(tmp_path):
+    """Grey saved as RGB with a few pixels off by up to 4 levels (compression, colour management) is grey."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (5, 30, 40)).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=3)
+    rgb[:, 3, 4, 1] = np.clip(rgb[:, 3, 4, 1].astype(int) + 4, 0, 255)
+    rgb[:, 10, 20, 2] = np.clip(rgb[:, 10, 20, 2].astype(int) - 4, 0, 255)
+    tifffile.imwrite(tmp_path / "nearly.tif", rgb, photometric="rgb")
+    with open_stack(tmp_path / "nearly.tif") as stack:
+        assert stack.shape == (5, 30, 40)
+        np.testing.assert_array_equal(stack[2], grey[2])
+    (tmp_path / "nearly.png").write_bytes(imagecodecs.png_encode(rgb[0]))
+    np.testing.assert_array_equal(read_image(tmp_path / "nearly.png"), grey[0])
+    rgb[:, :, :20, 1] //= 2  # a second fluorophore: really different
+    tifffile.imwrite(tmp_path / "two.tif", rgb, photometric="rgb")
+    with pytest.raises(SpineDetError, match="colour channels"):
+        open_stack(tmp_path / "two.tif")
 
 
 def test_folder_of_paper_style_png_slices(tmp_path):
