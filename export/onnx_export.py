@@ -26,7 +26,7 @@ from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, load_card
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.files import file_sha256
 
-from .graph import ExportableDetector
+from .graph import TARGETS, ExportableDetector
 from .hygiene import check_graph
 
 OPSET = 17
@@ -41,9 +41,15 @@ class ExportReport:
     parity: dict | None = None
 
 
-def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2) -> list[str]:
-    """Trace ``model`` (a torchvision FasterRCNN built from ``config``) to ``out_path``; return hygiene problems."""
-    wrapper = ExportableDetector(model, config.input_size, half=fp16, channels=config.in_channels).eval()
+def export_model(model, config, out_path, fp16: bool = False, batch_example: int = 2,
+                 target: str = "onnxruntime") -> list[str]:
+    """Trace ``model`` (a torchvision FasterRCNN built from ``config``) to ``out_path``; return hygiene problems.
+
+    target: the graph flavour, ``"onnxruntime"`` or ``"tensorrt"`` (see :mod:`spinedet.export.graph`),
+    also the hygiene rules it is checked against.
+    """
+    wrapper = ExportableDetector(model, config.input_size, half=fp16, channels=config.in_channels,
+                                 target=target).eval()
     example = torch.zeros(batch_example, config.in_channels, *config.input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about Python constants, all intended
@@ -54,17 +60,21 @@ def export_model(model, config, out_path, fp16: bool = False, batch_example: int
             do_constant_folding=True)
     import onnx
 
-    return check_graph(onnx.load(str(out_path)))
+    return check_graph(onnx.load(str(out_path)), target=target)
 
 
 def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, name: str | None = None,
-                progress=None, proposals: int | None = None) -> ExportReport:
+                progress=None, proposals: int | None = None, target: str = "onnxruntime") -> ExportReport:
     """Export ``checkpoint`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail.
 
     proposals: RPN proposals kept per slice after NMS at inference (default: the
     checkpoint's, 1000 as in the paper).  The box head runs once per proposal,
     so this is the main speed knob after the backbone; spines are at most a few
     dozen per slice.
+    target: ``"onnxruntime"`` (ONNX NonMaxSuppression and RoiAlign nodes) or
+    ``"tensorrt"`` (the same detector in plain ops, for TensorRT builders
+    without CUDA plugins, e.g. TensorRT-RTX); recorded as the card's
+    ``export["target"]``.  Both follow the same model contract.
     """
     from spinedet.training.checkpoints import load_checkpoint
     from spinedet.training.parity import parity_report
@@ -77,6 +87,8 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
     except Exception as exc:
         raise SpineDetError(f"not a spinedet checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
     model.eval()
+    if target not in TARGETS:
+        raise SpineDetError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
     if proposals is not None:
         if proposals < 1:
             raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
@@ -86,6 +98,7 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
                           tile_overlap_px=min(64, min(config.input_size) // 4))
     card.export.update({"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                         "proposals_per_slice": int(model.rpn._post_nms_top_n["testing"]), "opset": OPSET,
+                        "target": target,
                         "backbone": config.backbone, "fpn_channels": config.fpn_channels,
                         "roi_levels": list(config.roi_levels), "roi_context_px": config.roi_context_px,
                         "model_config": config.to_dict()})  # lets spine-train --init recover the weights
@@ -95,8 +108,9 @@ def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, na
     tmp = Path(tmp)
     try:
         if progress:
-            progress(f"tracing {checkpoint.name} ({precision})")
-        problems = export_model(model, config, tmp, fp16=fp16)
+            flavour = "" if target == "onnxruntime" else f", {target} flavour"
+            progress(f"tracing {checkpoint.name} ({precision}{flavour})")
+        problems = export_model(model, config, tmp, fp16=fp16, target=target)
         if problems:
             raise SpineDetError(f"exported graph fails the hygiene checks: {'; '.join(problems[:5])}", checkpoint)
         parity = None
