@@ -5,7 +5,7 @@
 Parity: both graphs on the same slices (built-in synthetic slices of a few seeds, and the real2d-mdg val
 centre crops when ../shared is there), both outputs through the runtime's post-processing; every detection
 of the onnxruntime flavour above 0.5 must find one of the tensorrt flavour with IoU >= 0.9 and
-|score difference| < 1e-3 (spinedet.export.parity.compare).  Latency: one session per graph in this
+|score difference| < 1e-3 (spinedet.training.parity.compare).  Latency: one session per graph in this
 process, ``--threads`` intra-op threads, the two timed alternately (one run each per round) on one batch
 of ``--batch`` slices; the median per graph over ``--rounds`` rounds after a warm-up run.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinedet.export.parity import builtin_inputs, compare
+from spinedet.training.parity import builtin_inputs, compare
 from spinedet.runtime.backends import OnnxRuntimeBackend
 from spinedet.runtime.contract import load_card
 

@@ -76,7 +76,7 @@ class Recorder:
 
 
 def slices_to_measure(size, channels, seeds, dense_seeds):
-    from spinedet.export.parity import builtin_inputs
+    from spinedet.training.parity import builtin_inputs
     from spinedet.runtime.context import neighbour_projection
     from spinedet.training.data import normalise_stack, real2d_samples
     from spinedet.training.synth import make_stack
@@ -98,7 +98,7 @@ def slices_to_measure(size, channels, seeds, dense_seeds):
 
 
 def main(argv=None):
-    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.recover import model_from_onnx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "models/spinedet_default.onnx"))

@@ -18,11 +18,13 @@ from spinedet.export.graph import (CLUSTER_NMS_ITERATIONS, RPN_CANDIDATES_PER_PR
                                    ExportableDetector, cluster_nms, pairwise_iou, roi_align_grid)
 from spinedet.export.hygiene import TENSORRT_FORBIDDEN_OPS, TENSORRT_OPS, check_graph  # noqa: E402
 from spinedet.export.onnx_export import export_onnx  # noqa: E402
-from spinedet.export.parity import builtin_inputs, compare  # noqa: E402
+from spinedet.training.parity import builtin_inputs, compare  # noqa: E402
 from spinedet.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from spinedet.runtime.contract import load_card  # noqa: E402
 from spinedet.runtime.errors import SpineDetError  # noqa: E402
-from spinedet.training.model import ModelConfig, build_model, save_checkpoint  # noqa: E402
+from spinedet.training.checkpoints import save_checkpoint  # noqa: E402
+from spinedet.training.config import ModelConfig  # noqa: E402
+from spinedet.training.model import build_model  # noqa: E402
 
 SIZE = (128, 128)
 
@@ -245,7 +247,7 @@ def test_candidate_count_follows_the_proposals(tiny):
 
 @pytest.fixture(scope="module")
 def shipped():
-    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.recover import model_from_onnx
     from spinedet.runtime.detector import default_model_path
 
     path = default_model_path()
@@ -377,7 +379,7 @@ def test_shipped_model_flavours_agree_on_real_images(shipped, shared_data, tmp_p
 
 def test_weights_come_back_out_of_a_tensorrt_flavour_graph(tiny):
     """spine-train --init works on either flavour: the same named weights, the recovered model reproduces it."""
-    from spinedet.export.recover import model_from_onnx
+    from spinedet.training.recover import model_from_onnx
 
     model, config, reports = tiny
     recovered, recovered_config = model_from_onnx(reports["tensorrt"].onnx_path)  # checks parity itself
