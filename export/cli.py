@@ -1,66 +1,93 @@
-"""``spine-export CHECKPOINT``: trained weights -> ONNX graph + model card (+ TensorRT engine).
+"""``spine-export MODEL``: trained weights -> ONNX graph + model card (+ TensorRT engine).
 
-Errors are one line on stderr (``spine-export: error: <file>: <problem>``) and
-a non-zero exit code; nothing is written for a failed export.
+Errors, exit codes and the shared options: :mod:`spinedet.runtime.cliutil`;
+nothing is written for a failed export.
 """
 
 from __future__ import annotations
 
-import os
+import json
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from spinedet.runtime.cliutil import Batch, Json, Quiet, guarded, make_app, run, say
 from spinedet.runtime.errors import SpineDetError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = make_app()
+
+
+class Target(str, Enum):
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
 
 
 @app.command()
 def spine_export(
-    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint written by spine-train."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="ONNX file to write (default: beside the checkpoint, .onnx)."),
+    model: Path = typer.Argument(..., metavar="MODEL",
+                                 help="A spine-train checkpoint (.pt), or an exported model (.onnx with its card) "
+                                      "to export again, e.g. in another flavour."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", file_okay=False,
+                                       help="Folder to write into (default: beside MODEL)."),
+    name: Optional[str] = typer.Option(None, help="File name of the graph, without .onnx (default: MODEL's name, "
+                                                  "with _trt for the tensorrt flavour)."),
+    target: Target = typer.Option(Target.onnxruntime, help="onnxruntime: fastest on CPU; tensorrt: plain ops "
+                                                           "that TensorRT (for RTX) builds into an engine."),
     fp16: bool = typer.Option(False, "--fp16", help="float16 weights and compute, float32 inputs/outputs."),
-    batch_max: int = typer.Option(16, "--batch-max", min=1, help="Largest batch of the TensorRT profile."),
-    engine: bool = typer.Option(False, "--engine", help="Also build (or reuse) a TensorRT engine."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Compare the graph with the torch model."),
     proposals: Optional[int] = typer.Option(None, min=1, help="RPN proposals per slice at inference "
-                                            "(default: the checkpoint's, 1000)."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Where TensorRT engines are cached."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+                                            "(default: the model's)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare the graph with the torch model."),
+    engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine (needs --target tensorrt "
+                                                        "and pip install 'spinedet[trt]'; no GPU needed)."),
+    batch: Batch = 16,
+    cache_dir: Optional[Path] = typer.Option(None, file_okay=False,
+                                             help="Where TensorRT engines are cached (default ~/.cache/spinedet)."),
+    as_json: Json = False,
+    quiet: Quiet = False,
 ):
-    """Trace a trained spine detector to a batchable, TensorRT-ready ONNX graph."""
-    say = (lambda text: None) if quiet else (lambda text: typer.echo(text, err=True))
-    target = out or Path(checkpoint).with_suffix(".onnx")
-    try:
+    """Trace a trained spine detector to a batchable ONNX graph with its model card (and a TensorRT engine)."""
+    model = Path(model)
+    stem = name or (model.stem + ("_trt" if target is Target.tensorrt and not model.stem.endswith("_trt") else ""))
+    destination = (out or model.parent) / f"{stem}.onnx"
+
+    def main():
+        if engine and target is not Target.tensorrt:
+            raise SpineDetError("--engine builds from the tensorrt flavour: add --target tensorrt")
         try:
             from .onnx_export import export_onnx
         except ImportError:
-            raise SpineDetError("exporting needs torch, torchvision and onnx: pip install 'spinedet[export]'")
-        report = export_onnx(checkpoint, target, fp16=fp16, check=check, progress=say, proposals=proposals)
-        say(f"{report.onnx_path}: {report.size_mb:.1f} MB, {report.precision}"
-            + (f"; parity: {report.parity['summary']}" if report.parity else ""))
+            raise SpineDetError("exporting needs torch, torchvision and onnx: pip install 'spinedet[export]'") from None
+        report = export_onnx(model, destination, fp16=fp16, check=check, progress=lambda t: say(t, quiet),
+                             proposals=proposals, target=target.value)
+        result = {"onnx": str(report.onnx_path), "card": str(report.card_path), "size_mb": round(report.size_mb, 2),
+                  "precision": report.precision, "target": target.value,
+                  "parity": report.parity["summary"] if report.parity else None}
+        say(f"{report.onnx_path}: {report.size_mb:.1f} MB, {report.precision}, {target.value} flavour"
+            + (f"; parity: {report.parity['summary']}" if report.parity else ""), quiet)
         if engine:
+            import time
+
             from spinedet.runtime.contract import load_card
-            from spinedet.runtime.trt_engine import load_or_build
+            from spinedet.runtime.trt_engine import build_cached
 
             card = load_card(report.onnx_path)
-            _, key, path, built = load_or_build(report.onnx_path, card.precision,
-                                                (card.channels, *card.input_size), batch_max, cache_dir)
-            say(f"{path}: TensorRT {key.tensorrt_version} engine for {key.gpu_name} "
-                f"(batch {key.batch_min}..{key.batch_max}) {'built' if built else 'reused from the cache'}")
-    except SpineDetError as exc:
-        typer.echo(f"spine-export: error: {exc}", err=True)
-        raise typer.Exit(2)
-    except Exception as exc:
-        if os.environ.get("SPINEDET_DEBUG"):
-            raise
-        typer.echo(f"spine-export: error: {checkpoint}: {type(exc).__name__}: {exc} "
-                   "(set SPINEDET_DEBUG=1 for details)", err=True)
-        raise typer.Exit(3)
+            start = time.perf_counter()
+            data, key, path, built = build_cached(report.onnx_path, card.precision,
+                                                  (card.channels, *card.input_size), batch, cache_dir)
+            result["engine"] = {"path": str(path), "module": key.module, "version": key.version,
+                                "targets": key.targets, "batch": [key.batch_min, key.batch_opt, key.batch_max],
+                                "size_mb": round(len(data) / 1e6, 2), "built": built,
+                                "seconds": round(time.perf_counter() - start, 1)}
+            say(f"{path}: {key.module} {key.version} engine for {key.targets} (batch {key.batch_min}..{key.batch_max}, "
+                f"{len(data) / 1e6:.1f} MB) {'built' if built else 'reused from the cache'}", quiet)
+        return result
+
+    result = guarded("spine-export", main)
+    if as_json:
+        typer.echo(json.dumps(result))
 
 
 def main():
-    app(prog_name="spine-export")
+    run(app, "spine-export")

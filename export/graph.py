@@ -55,11 +55,10 @@ from torch.nn import functional as F
 from spinedet.training.backbones import relu6_consumers
 from spinedet.training.model import context_boxes
 
-from .hygiene import TENSORRT_MAX_TOPK
+from .hygiene import TARGETS, TENSORRT_MAX_TOPK
 
 BBOX_CLIP = math.log(1000.0 / 16)
 INVALID = -1.0  # score of masked entries; every NMS below ignores scores under 0
-TARGETS = ("onnxruntime", "tensorrt")
 
 #: Iterations of :func:`cluster_nms` in the tensorrt flavour: 10.  Measured with the shipped model
 #: (bench/trt_graph_measure.py, fp32 eager: 15 real2d-mdg val images, 96 built-in slices of 12 seeds, 42 dense

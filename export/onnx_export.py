@@ -1,7 +1,7 @@
-"""Trace a trained checkpoint into one ONNX graph that follows the runtime's model contract.
+"""Trace a trained model into one ONNX graph that follows the runtime's model contract.
 
 :func:`export_onnx` writes ``<name>.onnx`` and its card ``<name>.json``
-(atomically: a failed export leaves nothing behind), after checking the
+(all or nothing: a failed export leaves nothing behind), after checking the
 graph's hygiene (:mod:`spinedet.export.hygiene`) and, unless told not to,
 its parity with the torch model (:mod:`spinedet.training.parity`).
 
@@ -14,7 +14,6 @@ must be in the ONNX file itself.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, load_card
+from spinedet.runtime.contract import INPUT_NAME, OUTPUT_NAMES, card_path, load_card
 from spinedet.runtime.errors import SpineDetError
-from spinedet.runtime.files import file_sha256
+from spinedet.runtime.files import file_sha256, write_all
 
 from .graph import TARGETS, ExportableDetector
 from .hygiene import check_graph
@@ -63,72 +62,84 @@ def export_model(model, config, out_path, fp16: bool = False, batch_example: int
     return check_graph(onnx.load(str(out_path)), target=target)
 
 
-def export_onnx(checkpoint, out_path, fp16: bool = False, check: bool = True, name: str | None = None,
+def export_onnx(source, out_path, fp16: bool = False, check: bool = True, name: str | None = None,
                 progress=None, proposals: int | None = None, target: str = "onnxruntime") -> ExportReport:
-    """Export ``checkpoint`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail.
+    """Export ``source`` to ``out_path`` (+ card); raise SpineDetError if hygiene or parity fail.
 
+    source: a ``spine-train`` checkpoint, or an exported ``.onnx`` model with
+    its card (its weights are recovered, :mod:`spinedet.training.recover`; its
+    card's calibrated thresholds and metrics carry over), e.g. to give the
+    shipped model its TensorRT flavour.
     proposals: RPN proposals kept per slice after NMS at inference (default: the
-    checkpoint's, 1000 as in the paper).  The box head runs once per proposal,
-    so this is the main speed knob after the backbone; spines are at most a few
-    dozen per slice.
+    source's; 1000 in the paper).  The box head runs once per proposal, so this
+    is the main speed knob after the backbone; spines are at most a few dozen
+    per slice.
     target: ``"onnxruntime"`` (ONNX NonMaxSuppression and RoiAlign nodes) or
     ``"tensorrt"`` (the same detector in plain ops, for TensorRT builders
     without CUDA plugins, e.g. TensorRT-RTX); recorded as the card's
     ``export["target"]``.  Both follow the same model contract.
+    Nothing is written unless everything passed: the graph and its card are
+    written together (:func:`~spinedet.runtime.files.write_all`).
     """
-    from spinedet.training.checkpoints import load_checkpoint
     from spinedet.training.parity import parity_report
 
-    checkpoint, out_path = Path(checkpoint), Path(out_path)
-    try:
-        model, config, state = load_checkpoint(checkpoint)
-    except FileNotFoundError:
-        raise SpineDetError("no such checkpoint", checkpoint) from None
-    except Exception as exc:
-        raise SpineDetError(f"not a spinedet checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
-    model.eval()
+    source, out_path = Path(source), Path(out_path)
     if target not in TARGETS:
         raise SpineDetError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
+    if proposals is not None and proposals < 1:
+        raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
+    from_onnx = source.suffix.lower() == ".onnx"
+    if out_path.resolve() == source.resolve() or (from_onnx and card_path(out_path).resolve() == card_path(source).resolve()):
+        raise SpineDetError("the export would overwrite the model it is made from; choose another --name or --out",
+                            out_path)
+    model, config, kept = _source_model(source)
     if proposals is not None:
-        if proposals < 1:
-            raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
         model.rpn._post_nms_top_n["testing"] = int(proposals)
     precision = "fp16" if fp16 else "fp32"
-    card = config.to_card(name=name or out_path.stem, precision=precision, metrics=dict(state.get("metrics") or {}),
-                          tile_overlap_px=min(64, min(config.input_size) // 4))
-    card.export.update({"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
+    card = config.to_card(name=name or out_path.stem, precision=precision,
+                          tile_overlap_px=min(64, min(config.input_size) // 4), **kept)
+    card.export.update({"checkpoint": source.name, "checkpoint_sha256": file_sha256(source),
                         "proposals_per_slice": int(model.rpn._post_nms_top_n["testing"]), "opset": OPSET,
                         "target": target,
                         "backbone": config.backbone, "fpn_channels": config.fpn_channels,
                         "roi_levels": list(config.roi_levels), "roi_context_px": config.roi_context_px,
                         "model_config": config.to_dict()})  # lets spine-train --init recover the weights
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+    with tempfile.TemporaryDirectory(prefix="spine-export-") as folder:
+        tmp = Path(folder) / out_path.name
         if progress:
             flavour = "" if target == "onnxruntime" else f", {target} flavour"
-            progress(f"tracing {checkpoint.name} ({precision}{flavour})")
+            progress(f"tracing {source.name} ({precision}{flavour})")
         problems = export_model(model, config, tmp, fp16=fp16, target=target)
         if problems:
-            raise SpineDetError(f"exported graph fails the hygiene checks: {'; '.join(problems[:5])}", checkpoint)
+            raise SpineDetError(f"exported graph fails the hygiene checks: {'; '.join(problems[:5])}", source)
+        card_text = card.to_json() + "\n"
+        card_path(tmp).write_text(card_text)
+        load_card(tmp)  # the card the runtime will read must be valid
         parity = None
         if check:
             if progress:
                 progress("checking parity with the torch model")
             parity = parity_report(model, tmp, card)
             if not parity["ok"]:
-                raise SpineDetError(f"exported graph disagrees with the torch model: {parity['summary']}",
-                                    checkpoint)
-        card_tmp = tmp.with_suffix(".json")
-        card_tmp.write_text(card.to_json() + "\n")
-        load_card(tmp)  # the card the runtime will read must be valid
-        os.chmod(tmp, os.stat(card_tmp).st_mode & 0o777)  # mkstemp made it private
-        os.replace(tmp, out_path)
-        os.replace(card_tmp, out_path.with_suffix(".json"))
-    finally:
-        for leftover in (tmp, tmp.with_suffix(".json")):
-            if leftover.exists():
-                leftover.unlink()
-    return ExportReport(out_path, out_path.with_suffix(".json"), out_path.stat().st_size / 1e6, precision, parity)
+                raise SpineDetError(f"exported graph disagrees with the torch model: {parity['summary']}", source)
+        write_all({out_path: tmp.read_bytes(), card_path(out_path): card_text})
+    return ExportReport(out_path, card_path(out_path), out_path.stat().st_size / 1e6, precision, parity)
+
+
+def _source_model(source: Path):
+    """``(model, config, card fields to keep)`` of a checkpoint or an exported model."""
+    from spinedet.training.checkpoints import load_checkpoint, load_model
+
+    if source.suffix.lower() == ".onnx":
+        model, config = load_model(source)  # SpineDetError for a missing or foreign file
+        old = load_card(source)
+        kept = {"score_threshold": old.score_threshold, "link_threshold": old.link_threshold,
+                "metrics": dict(old.metrics)}
+        return model.eval(), config, kept
+    try:
+        model, config, state = load_checkpoint(source)
+    except SpineDetError:
+        raise
+    except Exception as exc:  # a checkpoint of another model layout
+        raise SpineDetError(f"not a spinedet checkpoint ({type(exc).__name__}: {exc})", source) from None
+    return model.eval(), config, {"metrics": dict(state.get("metrics") or {})}

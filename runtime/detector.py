@@ -38,14 +38,17 @@ from .tracking import LINK_IOM, MAX_MISSES, SliceTracker, tracks_to_table
 from .voxels import VoxelSize, as_voxel_size, assumptions, check_scale, rescale_factor
 
 DEFAULT_MODEL_NAME = "spinedet_default.onnx"
+#: the shipped model's tensorrt flavour (the same weights in plain ops), what ``device="trt"`` runs by default
+DEFAULT_TRT_MODEL_NAME = "spinedet_default_trt.onnx"
 MIN_SIDE_PX = 16  # in model pixels: anything smaller cannot hold a spine
 #: slices a stream waits for, when not given an intensity range, to estimate one (see SliceStream)
 RANGE_WARMUP_SLICES = 8
 
 
-def default_model_path() -> Path:
-    """The model shipped in ``spinedet.models``."""
-    return Path(str(resources.files("spinedet.models") / DEFAULT_MODEL_NAME))
+def default_model_path(device: str = "cpu") -> Path:
+    """The model shipped in ``spinedet.models`` for ``device``: its tensorrt flavour for ``"trt"``."""
+    name = DEFAULT_TRT_MODEL_NAME if device == "trt" else DEFAULT_MODEL_NAME
+    return Path(str(resources.files("spinedet.models") / name))
 
 
 @dataclass
@@ -115,7 +118,7 @@ class SpineDetector:
                  score_threshold: float | None = None, max_area_um2: float | None = MAX_AREA_UM2,
                  nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
                  link_threshold: float | None = None):
-        self.model_path = Path(model) if model is not None else default_model_path()
+        self.model_path = Path(model) if model is not None else default_model_path(device)
         if not self.model_path.is_file():
             hint = " (no default model is shipped in this install; pass a model file)" if model is None else ""
             raise SpineDetError(f"no such model file{hint}", self.model_path)
@@ -140,6 +143,16 @@ class SpineDetector:
         self.nms_iom = float(nms_iom)
         self.link_iom = float(link_iom)
         self.max_misses = int(max_misses)
+
+    def close(self) -> None:
+        """Release the backend (GPU memory; a TensorRT-RTX runtime cache is saved); the detector is not used after."""
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # --- 2D ---------------------------------------------------------------------------------------------------------
 

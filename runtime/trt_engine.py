@@ -1,18 +1,26 @@
-"""TensorRT engines for a spinedet ONNX model: build, cache, validate (no torch here).
+"""TensorRT engines for a spinedet ONNX model: build, cache and find them (no torch here).
 
-An engine is specific to the ONNX file, the TensorRT version, the GPU (name
-and compute capability), the precision and the batch profile.  All of these
-form the :class:`EngineKey`; the cached file starts with a header recording
-the key, and an engine whose header does not match the key wanted now is
-rebuilt, never loaded.
+Two TensorRT Python modules can build and run an engine; whichever is
+installed is used, TensorRT for RTX first:
+
+``tensorrt_rtx``  TensorRT for RTX (``pip install "spinedet[trt]"``): builds
+                  ahead of time on any machine, with or without a GPU, for a
+                  list of compute capabilities (:data:`RTX_DEFAULT_TARGETS`:
+                  Ampere, Ada and Blackwell RTX GPUs); loading the engine on
+                  the user's GPU specialises it there (a JIT step whose result
+                  a runtime cache file keeps).
+``tensorrt``      standard TensorRT (datacenter GPUs): builds on the GPU it
+                  will run on.
+
+Engines are built from the model's *tensorrt flavour* (``spine-export
+--target tensorrt``: no NonMaxSuppression, RoiAlign or plugins).  An engine
+depends on the ONNX file, the module and its version, the GPUs it targets,
+the precision and the batch profile: together the :class:`EngineKey`.  A
+cached engine file starts with a header recording its key; one whose header
+does not match the key wanted is never loaded.
 
 File layout: ``MAGIC`` (16 bytes), header length (4 bytes, little endian),
 header (UTF-8 JSON of the key), then TensorRT's serialised engine.
-
-The builder follows TensorRT's documented Python API (10.x): an explicit-batch
-network parsed from the ONNX file, strongly typed when the parser offers it
-(precision comes from the ONNX file itself), one optimisation profile for
-batch 1..N, and a persistent timing cache.
 """
 
 from __future__ import annotations
@@ -21,25 +29,35 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .contract import INPUT_NAME
+from .contract import INPUT_NAME, OUTPUT_NAMES
 from .errors import SpineDetError
-from .files import file_sha256
+from .files import file_sha256, write_all
 
-MAGIC = b"SPINEDET-TRT-V1\x00"
+MAGIC = b"SPINEDET-TRT-V2\x00"
+MODULES = ("tensorrt_rtx", "tensorrt")
+#: compute capabilities a TensorRT-RTX engine is built for when no GPU says which: Ampere (RTX 30xx, A-series
+#: such as the paper's A6000), Ada (RTX 40xx), Blackwell (RTX 50xx).  Turing (SM75) cannot run the graph's
+#: fp32 matrix products in TensorRT-RTX 1.7 ("FP32 GEMM is not supported"), so it is left out.
+RTX_DEFAULT_TARGETS = ("SM80", "SM86", "SM89", "SM120")
+WORKSPACE_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
 class EngineKey:
-    """Everything an engine depends on."""
+    """Everything an engine depends on.
+
+    targets: for TensorRT-RTX, the compute capabilities it was built for
+    (``"SM80,SM86"``); for standard TensorRT, the GPU it was built on
+    (``"NVIDIA RTX A6000 8.6"``).
+    """
 
     onnx_sha256: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
+    module: str
+    version: str
+    targets: str
     precision: str
     batch_min: int
     batch_opt: int
@@ -52,7 +70,7 @@ class EngineKey:
 def batch_profile(batch_max: int) -> tuple[int, int, int]:
     """(min, opt, max) batch sizes of the optimisation profile: 1, the largest power of two <= max, max."""
     if batch_max < 1:
-        raise SpineDetError(f"--batch-max must be at least 1, got {batch_max}")
+        raise SpineDetError(f"--batch must be at least 1, got {batch_max}")
     opt = 1 << (int(batch_max).bit_length() - 1)
     return 1, opt, int(batch_max)
 
@@ -63,10 +81,10 @@ def profile_shapes(input_shape, batch_max: int):
     return tuple((b, int(c), int(h), int(w)) for b in batch_profile(batch_max))
 
 
-def make_key(onnx_path, precision: str, batch_max: int, gpu: tuple[str, str], tensorrt_version: str) -> EngineKey:
-    """The key for ``onnx_path`` on ``gpu`` = (name, "major.minor")."""
+def make_key(onnx_path, module, precision: str, batch_max: int, targets: str) -> EngineKey:
+    """The key of an engine of ``onnx_path`` built by ``module`` (the imported TensorRT module) for ``targets``."""
     lo, opt, hi = batch_profile(batch_max)
-    return EngineKey(file_sha256(onnx_path), tensorrt_version, gpu[0], gpu[1], precision, lo, opt, hi)
+    return EngineKey(file_sha256(onnx_path), module.__name__, module.__version__, targets, precision, lo, opt, hi)
 
 
 def engine_file(cache_dir, onnx_path, key: EngineKey) -> Path:
@@ -74,22 +92,14 @@ def engine_file(cache_dir, onnx_path, key: EngineKey) -> Path:
 
 
 def default_cache_dir() -> Path:
+    """``$SPINEDET_CACHE/engines``, by default ``~/.cache/spinedet/engines``."""
     return Path(os.environ.get("SPINEDET_CACHE", Path.home() / ".cache" / "spinedet")) / "engines"
 
 
 def write_engine(path, key: EngineKey, engine: bytes) -> None:
-    """Write header + engine atomically."""
+    """Write header + engine all-or-nothing."""
     header = json.dumps(asdict(key), sort_keys=True).encode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(MAGIC + struct.pack("<I", len(header)) + header + bytes(engine))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_all({Path(path): MAGIC + struct.pack("<I", len(header)) + header + bytes(engine)})
 
 
 def read_engine(path, key: EngineKey) -> bytes | None:
@@ -112,91 +122,163 @@ def read_engine(path, key: EngineKey) -> bytes | None:
     return engine or None
 
 
-# --- needs TensorRT -----------------------------------------------------------------------------------------------
+# --- the TensorRT and CUDA modules -------------------------------------------------------------------------------
 
-def require_tensorrt():
-    """The ``tensorrt`` module, or a one-line SpineDetError saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise SpineDetError("TensorRT is not installed: the native engine backend needs an NVIDIA GPU, "
-                            "its driver and `pip install tensorrt cuda-python`") from None
-    return tensorrt
+def tensorrt_module():
+    """The TensorRT module to use: ``tensorrt_rtx`` if installed, else ``tensorrt``; one clear line if neither."""
+    import importlib
+
+    for name in MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise SpineDetError("TensorRT is not installed: pip install 'spinedet[trt]' (TensorRT for RTX; it builds engines "
+                        "on any machine and runs them on RTX GPUs), or NVIDIA's tensorrt package for datacenter GPUs")
 
 
-def require_cudart():
+def is_rtx(module) -> bool:
+    return module.__name__ == "tensorrt_rtx"
+
+
+def cuda_runtime():
+    """cuda-python's CUDA runtime bindings, or one clear line saying how to get them."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
             from cuda import cudart
         except ImportError:
-            raise SpineDetError("cuda-python is not installed: the native TensorRT backend needs "
-                                "`pip install cuda-python`") from None
+            raise SpineDetError("running a TensorRT engine needs cuda-python: pip install 'spinedet[trt]'") from None
     return cudart
 
 
-def cuda_check(result):
+def cuda_check(result, what: str = "CUDA call"):
     """Unpack a cuda-python call's ``(error, *values)``, raising SpineDetError on failure."""
     error, *values = result if isinstance(result, tuple) else (result,)
     if int(error) != 0:
-        raise SpineDetError(f"CUDA call failed with error {int(error)} ({error})")
-    return values[0] if len(values) == 1 else values
+        name = getattr(error, "name", str(error))
+        raise SpineDetError(f"{what} failed: {name} ({int(error)})")
+    return values[0] if len(values) == 1 else (values or None)
 
 
-def current_gpu() -> tuple[str, str]:
-    """(name, "major.minor") of CUDA device 0."""
-    cudart = require_cudart()
-    props = cuda_check(cudart.cudaGetDeviceProperties(0))
+def current_gpu(cudart) -> tuple[str, int, int]:
+    """``(name, major, minor)`` of CUDA device 0; one clear line when there is no usable GPU or driver."""
+    error, count = cudart.cudaGetDeviceCount()
+    if int(error) != 0 or not count:
+        reason = getattr(error, "name", str(error)) if int(error) != 0 else "no CUDA device"
+        raise SpineDetError(f"no NVIDIA GPU is usable here ({reason}): a TensorRT engine runs on an NVIDIA GPU with "
+                            "its driver installed; use --device cpu")
+    props = cuda_check(cudart.cudaGetDeviceProperties(0), "reading the GPU's properties")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+    return name.strip("\x00 "), int(props.major), int(props.minor)
 
 
-def build_engine(onnx_path, key: EngineKey, input_shape, timing_cache=None) -> bytes:
-    """Build a serialised engine for ``key`` from ``onnx_path`` (TensorRT 10 API); input_shape ``(C, H, W)``."""
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+def gpu_targets(module, gpu: tuple[str, int, int]) -> str:
+    """The key's ``targets`` for an engine built on and for ``gpu``."""
+    name, major, minor = gpu
+    if not is_rtx(module):
+        return f"{name} {major}.{minor}"
+    sm = f"SM{major}{minor}"
+    if sm not in module.ComputeCapability.__members__:
+        raise SpineDetError(f"the GPU {name} (compute capability {major}.{minor}) is not one TensorRT for RTX "
+                            "supports (RTX GPUs from Ampere on); use --device cuda (onnxruntime) instead")
+    return sm
+
+
+# --- building --------------------------------------------------------------------------------------------------
+
+def build_engine(onnx_path, key: EngineKey, input_shape, module, timing_cache=None) -> bytes:
+    """A serialised engine for ``key`` from ``onnx_path``; input_shape ``(C, H, W)``.
+
+    A strongly typed network (the precision is in the ONNX file), one
+    optimisation profile for batch ``key.batch_min..key.batch_max``.  With
+    TensorRT-RTX, the compute capabilities of ``key.targets`` (no GPU needed);
+    with standard TensorRT, the current GPU and a persistent timing cache.
+    """
+    trt = module
+    logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # implicit in TensorRT 10
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise SpineDetError(f"TensorRT cannot parse the model ({errors})", onnx_path)
+        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+        hint = (" (TensorRT needs the model's tensorrt flavour: spine-export --target tensorrt)"
+                if "RoiAlign" in errors or "NonMaxSuppression" in errors else "")
+        raise SpineDetError(f"TensorRT cannot parse the model{hint}: {errors}", onnx_path)
+    names = {network.get_input(i).name for i in range(network.num_inputs)} | \
+            {network.get_output(i).name for i in range(network.num_outputs)}
+    if names != {INPUT_NAME, *OUTPUT_NAMES}:
+        raise SpineDetError(f"model does not follow the spinedet contract (tensors {sorted(names)})", onnx_path)
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-    if key.precision == "fp16" and not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)  # older TensorRT: weakly typed networks
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if is_rtx(trt):
+        targets = key.targets.split(",")
+        config.num_compute_capabilities = len(targets)
+        for k, target in enumerate(targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, target), k)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *profile_shapes(input_shape, key.batch_max))
     config.add_optimization_profile(profile)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = None
+    if timing_cache is not None and not is_rtx(trt):  # TensorRT-RTX keeps no timing cache without a GPU
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
-        raise SpineDetError("TensorRT failed to build an engine (see TensorRT's log above)", onnx_path)
-    if timing_cache:
-        Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+        raise SpineDetError(f"{trt.__name__} {trt.__version__} failed to build an engine for {key.targets}", onnx_path)
+    if cache is not None:
+        write_all({Path(timing_cache): bytes(config.get_timing_cache().serialize())})
     return bytes(engine)
 
 
-def load_or_build(onnx_path, precision: str, input_shape, batch_max: int = 16, cache_dir=None):
-    """``(engine_bytes, key, path, built)``: the cached engine if it matches, else a freshly built one.
+def build_cached(onnx_path, precision: str, input_shape, batch_max: int = 16, cache_dir=None, targets=None):
+    """``(engine bytes, key, path, built)``: the engine of ``onnx_path`` for ``targets``, from the cache or built.
 
-    input_shape: ``(C, H, W)`` of the model input (the card's channels and input size).
+    targets: TensorRT-RTX compute capabilities (default :data:`RTX_DEFAULT_TARGETS`); standard TensorRT builds
+    for the current GPU only.
     """
-    trt = require_tensorrt()
+    trt = tensorrt_module()
+    if targets is None:
+        targets = ",".join(RTX_DEFAULT_TARGETS) if is_rtx(trt) else gpu_targets(trt, current_gpu(cuda_runtime()))
+    key = make_key(onnx_path, trt, precision, batch_max, targets)
+    return _cached(onnx_path, key, input_shape, trt, Path(cache_dir) if cache_dir else default_cache_dir())
+
+
+def engine_for_this_gpu(onnx_path, precision: str, input_shape, batch_max: int = 16, cache_dir=None):
+    """``(module, engine bytes, key, path, built)`` for running on this machine's GPU.
+
+    An engine already built for the default TensorRT-RTX targets (by
+    ``spine-export --engine``) is used when this GPU is among them; otherwise
+    one is built for this GPU alone (seconds) and cached.
+    """
+    trt = tensorrt_module()
+    gpu = current_gpu(cuda_runtime())
+    here = gpu_targets(trt, gpu)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = make_key(onnx_path, precision, batch_max, current_gpu(), trt.__version__)
+    if is_rtx(trt) and here in RTX_DEFAULT_TARGETS:
+        key = make_key(onnx_path, trt, precision, batch_max, ",".join(RTX_DEFAULT_TARGETS))
+        engine = read_engine(engine_file(cache_dir, onnx_path, key), key)
+        if engine is not None:
+            return trt, engine, key, engine_file(cache_dir, onnx_path, key), False
+    key = make_key(onnx_path, trt, precision, batch_max, here)
+    return (trt, *_cached(onnx_path, key, input_shape, trt, cache_dir))
+
+
+def _cached(onnx_path, key: EngineKey, input_shape, trt, cache_dir: Path):
     path = engine_file(cache_dir, onnx_path, key)
     engine = read_engine(path, key)
     if engine is not None:
         return engine, key, path, False
-    engine = build_engine(onnx_path, key, input_shape, cache_dir / f"timing-{key.gpu_name.replace(' ', '_')}.cache")
+    timing = cache_dir / f"timing-{key.targets.replace(' ', '_').replace(',', '_')}.cache"
+    engine = build_engine(onnx_path, key, input_shape, trt, timing)
     write_engine(path, key, engine)
     return engine, key, path, True
+
+
+def runtime_cache_file(engine_path: Path, gpu: tuple[str, int, int]) -> Path:
+    """Where TensorRT-RTX's runtime cache (its JIT work for this GPU) of an engine is kept."""
+    name, major, minor = gpu
+    return engine_path.with_name(f"{engine_path.stem}-{name.replace(' ', '_')}-{major}{minor}.runtime-cache")

@@ -23,3 +23,21 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data_or_none():
+    """The real-data folder, or None where it is absent (tests that also run without it)."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture
+def good_stack_path(tmp_path):
+    """A small ImageJ TIFF stack (10 x 128 x 128, 0.1 µm pixels, 0.5 µm steps) with three blob spines."""
+    import tifffile
+    from test_detector import synthetic_stack
+
+    path = tmp_path / "good.tif"
+    tifffile.imwrite(path, synthetic_stack(), imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    return path

@@ -189,7 +189,7 @@ def test_wrong_model_files(tmp_path, blob_model):
     wrong_size.with_suffix(".json").write_text("{not json")
     with pytest.raises(SpineDetError, match="not valid JSON"):
         SpineDetector(wrong_size)
-    with pytest.raises(SpineDetError, match="unknown onnxruntime device"):
+    with pytest.raises(SpineDetError, match="unknown device .quantum.; choose one of auto, cpu"):
         SpineDetector(blob_model, device="quantum")
 
 

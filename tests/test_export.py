@@ -1,5 +1,7 @@
 """Export: the traced graph is clean (hygiene), batch-dynamic and matches the torch model (parity)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,33 +142,32 @@ def test_exported_model_runs_in_the_runtime(exported):
     assert result.shape == (3, 200, 150)
 
 
-def test_cli_exports_and_fails_cleanly(checkpoint, tmp_path):
-    out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(out), "--no-check", "-q"])
+def test_cli_exports_into_a_folder_and_fails_cleanly(checkpoint, tmp_path):
+    out = tmp_path / "models"
+    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(out), "--name", "m", "--no-check", "--json"])
     assert result.exit_code == 0, result.output
-    assert out.exists() and out.with_suffix(".json").exists()
+    report = json.loads(result.stdout)  # --json: one object on stdout
+    assert report["onnx"] == str(out / "m.onnx") and report["target"] == "onnxruntime"
+    assert (out / "m.onnx").exists() and (out / "m.json").exists()
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    result = CliRunner().invoke(app, [str(bad), "--out", str(tmp_path / "x.onnx")])
-    assert result.exit_code == 2 and "bad.pt: not a spinedet checkpoint" in result.stderr
-    assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.*"))
+    result = CliRunner().invoke(app, [str(bad), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "bad.pt: not a spine-train checkpoint" in result.stderr
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+    # an exported model exported again beside itself would overwrite itself: refused
+    result = CliRunner().invoke(app, [str(out / "m.onnx"), "--no-check"])
+    assert result.exit_code == 2 and "would overwrite the model it is made from" in result.stderr
 
 
-def test_engine_without_tensorrt_is_one_clear_line(checkpoint, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
-    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(tmp_path / "m.onnx"), "--no-check",
-                                      "--engine", "-q"])
+def test_engine_needs_the_tensorrt_flavour(checkpoint, tmp_path):
+    result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(tmp_path), "--no-check", "--engine", "-q"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("spine-export: error: TensorRT is not installed: the native engine backend "
-                                     "needs an NVIDIA GPU, its driver and `pip install tensorrt cuda-python`")
+    assert result.stderr.strip() == "spine-export: error: --engine builds from the tensorrt flavour: add --target tensorrt"
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 def test_missing_checkpoint():
-    with pytest.raises(SpineDetError, match="no such checkpoint"):
+    with pytest.raises(SpineDetError, match="no such checkpoint file"):
         export_onnx("/nonexistent/ck.pt", "/tmp/never.onnx")
 
 
