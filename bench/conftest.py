@@ -2,7 +2,7 @@
 
     pytest bench/ --benchmark-only --benchmark-json=bench/results/latest.json
 
-Options: ``--onnx FILE`` (repeatable; default: the shipped model),
+Options: ``--onnx FILE`` (repeatable; default: the shipped model in both flavours),
 ``--checkpoint FILE`` (torch weights of the same model, for the torch-eager
 reference: a checkpoint, or an exported .onnx model whose weights are recovered
 from the graph; skipped without it), ``--threads N`` (CPU threads for both
@@ -34,7 +34,7 @@ def threads(request):
 def _model_paths(config):
     from spinedet.runtime.detector import default_model_path
 
-    return [Path(p) for p in config.getoption("--onnx")] or [default_model_path()]
+    return [Path(p) for p in config.getoption("--onnx")] or [default_model_path(), default_model_path("trt")]
 
 
 def pytest_generate_tests(metafunc):

@@ -15,7 +15,10 @@ import typer
 
 from .cliutil import (Batch, Device, DeviceName, Json, Out, Progress, Quiet, Threads, fail, guarded, make_app,
                       note, run, say)
+from .detector import DEFAULT_BATCH
 from .errors import SpineDetError
+from .evaluate import MATCH_IOM, MIN_TRACK_SCORE
+from .postprocess import MAX_AREA_UM2
 
 run_app = make_app()
 eval_app = make_app(subcommands=True)
@@ -28,7 +31,7 @@ def spine_run(
     out: Out = Path("."),
     model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: shipped model."),
     device: Device = DeviceName.cpu,
-    batch: Batch = 8,
+    batch: Batch = DEFAULT_BATCH,
     threads: Threads = None,
     channel: Optional[int] = typer.Option(None, min=0, help="Channel to read from multi-channel data (0-based)."),
     pixel_size: Optional[float] = typer.Option(None, help="Pixel size in µm (overrides the file's metadata)."),
@@ -39,7 +42,7 @@ def spine_run(
     link_threshold: Optional[float] = typer.Option(
         None, help="Boxes above this confidence extend spines through z (at most --score-threshold). "
                    "Default: the model card's (0.5, the paper's box rule), else the score threshold."),
-    max_area: float = typer.Option(20.0, help="Drop boxes larger than this area, in µm²."),
+    max_area: float = typer.Option(MAX_AREA_UM2, help="Drop boxes larger than this area, in µm²."),
     mip: bool = typer.Option(False, "--mip", help="Detect on the maximum-intensity projection (fast 2D mode)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write a PNG of the projection with numbered boxes."),
     overlay_scores: bool = typer.Option(False, "--overlay-scores", help="Write each spine's best score in the overlay."),
@@ -102,8 +105,9 @@ def spine_eval(
     gt: Optional[Path] = typer.Option(None, help="Ground truth: a _boxes.csv or the paper's tracking CSV."),
     pred: Optional[Path] = typer.Option(None, help="Detections: a _boxes.csv or the paper's tracking CSV."),
     as_json: Json = False,
-    match_iom: float = typer.Option(0.5, help="3D IoM at which a detection matches."),
-    min_track_score: float = typer.Option(0.5, help="A detected track counts if its mean score is at least this."),
+    match_iom: float = typer.Option(MATCH_IOM, help="3D IoM at which a detection matches."),
+    min_track_score: float = typer.Option(MIN_TRACK_SCORE,
+                                          help="A detected track counts if its mean score is at least this."),
     projected: bool = typer.Option(False, "--projected",
                                    help="Score each spine as its z-averaged box in one plane (for spine-run --mip)."),
     quiet: Quiet = False,
@@ -129,7 +133,7 @@ def spine_eval(
                          f"while the ground truth spans slices {truth.z.min()}-{truth.z.max()}: F1-3D compares 3D "
                          "boxes and scores a projection near 0; --projected compares them in the plane")
         scores = evaluate.f1_3d(detections, truth, match_iom, min_track_score)
-        scores["per_slice"] = evaluate.f1_2d_tables(detections, truth, 0.5, 0.0)
+        scores["per_slice"] = evaluate.f1_2d_tables(detections, truth, MATCH_IOM, 0.0)
         scores["notes"] = notes
         return scores
 
@@ -153,7 +157,7 @@ def consensus_command(
     min_votes: int = typer.Option(..., "--min-votes", min=1,
                                   help="Annotators that must agree: 1 minimal, majority, all maximal."),
     out: Out = Path("."),
-    match_iom: float = typer.Option(0.5, help="3D IoM at which two annotators mean the same spine."),
+    match_iom: float = typer.Option(MATCH_IOM, help="3D IoM at which two annotators mean the same spine."),
     quiet: Quiet = False,
 ):
     """Build consensus ground truth from several annotators' tracking CSVs: writes consensus-<K>of<N>.csv in --out."""

@@ -88,9 +88,6 @@ class ModelCard:
         data["input_size"] = list(self.input_size)
         return json.dumps(data, indent=2, sort_keys=True)
 
-    def save(self, path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
 
 def card_path(model_path) -> Path:
     """Where the card of ``model_path`` lives: same folder and stem, ``.json``."""

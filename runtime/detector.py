@@ -41,6 +41,8 @@ DEFAULT_MODEL_NAME = "spinedet_default.onnx"
 #: the shipped model's tensorrt flavour (the same weights in plain ops), what ``device="trt"`` runs by default
 DEFAULT_TRT_MODEL_NAME = "spinedet_default_trt.onnx"
 MIN_SIDE_PX = 16  # in model pixels: anything smaller cannot hold a spine
+#: slices (or tiles) per inference call unless told otherwise
+DEFAULT_BATCH = 8
 #: slices a stream waits for, when not given an intensity range, to estimate one (see SliceStream)
 RANGE_WARMUP_SLICES = 8
 
@@ -114,7 +116,7 @@ class SpineDetector:
         tracker.
     """
 
-    def __init__(self, model=None, device: str = "cpu", batch: int = 8, threads: int | None = None,
+    def __init__(self, model=None, device: str = "cpu", batch: int = DEFAULT_BATCH, threads: int | None = None,
                  score_threshold: float | None = None, max_area_um2: float | None = MAX_AREA_UM2,
                  nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
                  link_threshold: float | None = None):

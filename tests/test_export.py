@@ -218,6 +218,7 @@ def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
     assert str(blob_model) in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_shipped_model_exports_with_parity_on_real_images(shared_data, tmp_path):
     """The shipped architecture (context pooling, 300 proposals, 512 x 512) exported again from its recovered

@@ -345,6 +345,7 @@ def test_cluster_nms_has_converged_on_real_and_synthetic_slices(shipped, request
         assert torch.equal(keep[0], _greedy(box_boxes, box_valid, detector.box_nms))
 
 
+@pytest.mark.slow
 def test_onnxruntime_flavour_is_the_shipped_graph(shipped, tmp_path):
     """The default target still traces today's graph: the shipped model re-exported gives its node list."""
     path, model, config = shipped
