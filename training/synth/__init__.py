@@ -61,8 +61,8 @@ __all__ = ["SPINE_KINDS", "Ball", "Grid", "Scene", "Spine", "SynthParams", "Synt
            "write_stack"]
 
 
-def main(argv=None):
-    """Entry point of ``spine-synth`` (:mod:`.cli`); imported on use, so the generator does not load the CLI."""
+def main() -> None:
+    """Entry point of ``spine-synth`` (:mod:`.cli`); imported on use, so the generator does not load the command."""
     from .cli import main as cli_main
 
-    return cli_main(argv)
+    cli_main()

@@ -1,78 +1,145 @@
-"""The command ``spine-synth``."""
+"""The command ``spine-synth``: synthetic stacks and their ground truth, written to a folder.
+
+``spine-synth --out DIR [--count N] [--slices Z] [--size PX] [--seed S]
+[--pixel-size UM] [--z-step UM] [--bit-depth 8|16] [--prefix NAME] [--quiet] [--json]``
+
+Stack ``i`` (0-based) is ``make_stack(np.random.default_rng([S, i]), (Z, PX, PX))``
+with the given settings fixed and the others drawn; it is written as
+``DIR/NAME_iii.tif`` (ImageJ TIFF with the voxel size in µm) and
+``DIR/NAME_iii_boxes.csv`` (the ground truth), the two files all-or-nothing.
+
+Per stack, one line on stderr (unless ``--quiet``) says what the files hold (wrapped here)::
+
+    out/synth_000.tif: 30 slices, 0.092 µm/px, z-step 0.48 µm, 16-bit, signal 120 photons/voxel;
+    ground truth: 14 spines in 42 boxes (29 spines placed, 15 never visible)
+
+The ground truth names only spines visible in some slice (:mod:`.truth`),
+so it can hold fewer spines than the scene placed.  With
+``--json``, stdout gets one JSON object, ``{"out": ..., "seed": ..., "stacks":
+[...]}``, one entry per stack with its files and these numbers (see
+:func:`stack_report`).  Errors are one line, ``spine-synth: error: ...``, exit
+code 2; stacks written before a failure stay (the error line says how many).
+"""
 
 from __future__ import annotations
 
-import argparse
-import sys
+import json
+import math
+from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import typer
 
+from spinedet.runtime.cliutil import Json, Out, Quiet, Seed, guarded, make_app, run, say
 from spinedet.runtime.errors import SpineDetError
 
 from .files import write_stack
-from .stack import make_stack
+from .stack import SynthStack, make_stack
+
+TOOL = "spine-synth"
+
+app = make_app()
+
+#: the bit depths, as a choice on the command line
+BitDepth = Enum("BitDepth", {"8": "8", "16": "16"}, type=str)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):                    # one line, exit code 2
-        raise SpineDetError(message)
+def stack_report(stack: SynthStack, paths) -> dict:
+    """What one written stack holds: its files, shape, voxel size (µm), drawn settings and ground-truth counts.
+
+    ``paths`` are the files :func:`~.files.write_stack` wrote: ``files`` names
+    them (``image`` the TIFF, ``ground_truth`` the ``_boxes.csv``).  ``spines`` and
+    ``boxes`` count what the ``_boxes.csv`` holds (distinct spine ids, rows);
+    ``spines_placed`` the spines in the scene, ``spines_never_visible`` those
+    of them without any box.
+    """
+    paths = [Path(p) for p in paths]
+    boxed = len(set(stack.table.spine_id.tolist()))
+    placed = len(stack.spines)
+    return {
+        "files": {"image": str(next(p for p in paths if p.suffix == ".tif")),
+                  "ground_truth": str(next(p for p in paths if p.suffix == ".csv"))},
+        "shape": [int(n) for n in stack.image.shape],
+        "voxel_size_um": [float(v) for v in stack.voxel_size],
+        "bit_depth": int(stack.params.bit_depth),
+        "signal_photons": float(stack.params.signal_photons),
+        "spines": boxed,
+        "boxes": len(stack.table),
+        "spines_placed": placed,
+        "spines_never_visible": placed - boxed,
+    }
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-        return value
-    return parse
+def _count(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="spine-synth",
-                     description="Write synthetic two-photon spine stacks (NAME.tif) with ground truth "
-                                 "(NAME_boxes.csv).")
-    parser.add_argument("outdir", help="folder to write into (created if missing)")
-    parser.add_argument("--count", type=_positive(int), default=1, help="number of stacks (default 1)")
-    parser.add_argument("--slices", type=_positive(int), default=30, help="slices per stack (default 30)")
-    parser.add_argument("--size", type=_positive(int), default=512, help="width = height in pixels (default 512)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--pixel-size", type=_positive(float), default=None, metavar="UM",
-                        help="pixel size in µm (default: random 0.07-0.15)")
-    parser.add_argument("--z-step", type=_positive(float), default=None, metavar="UM",
-                        help="slice spacing in µm (default: random 0.3-1.0)")
-    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
-                        help="8 or 16 bit (default: random)")
-    parser.add_argument("--prefix", default="synth", help="file name prefix (default synth)")
-    return parser
+def report_line(report: dict) -> str:
+    """The stderr line of one stack (see the module docstring)."""
+    z_um, px_um = report["voxel_size_um"][:2]
+    return (f"{report['files']['image']}: {_count(report['shape'][0], 'slice')}, {px_um:.3f} µm/px, "
+            f"z-step {z_um:.2f} µm, {report['bit_depth']}-bit, signal {report['signal_photons']:.0f} photons/voxel; "
+            f"ground truth: {_count(report['spines'], 'spine')} in {_count(report['boxes'], 'box', 'boxes')} "
+            f"({_count(report['spines_placed'], 'spine')} placed, {report['spines_never_visible']} never visible)")
 
 
-def main(argv=None) -> int:
-    """``spine-synth OUTDIR [--count N] [--slices Z] [--size PX] [--seed S] [--pixel-size UM]
-    [--z-step UM] [--bit-depth 8|16]``; returns the exit code (2 on any error)."""
-    try:
-        args = _parser().parse_args(argv)
-        if args.size < 16:
-            raise SpineDetError(f"--size {args.size} is too small (at least 16 pixels)")
+def _positive_um(option: str, value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise SpineDetError(f"{option} must be a positive number of µm, got {value}")
+    return value
+
+
+@app.command()
+def spine_synth(
+    out: Out,
+    count: int = typer.Option(1, min=1, help="Number of stacks."),
+    slices: int = typer.Option(30, min=1, help="Slices per stack."),
+    size: int = typer.Option(512, min=16, help="Width = height of a slice in pixels (at least 16)."),
+    seed: Seed = 0,
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", metavar="UM",
+                                               help="Pixel size in µm (default: drawn per stack, 0.07-0.15)."),
+    z_step: Optional[float] = typer.Option(None, "--z-step", metavar="UM",
+                                           help="Slice spacing in µm (default: drawn per stack, 0.3-1.0)."),
+    bit_depth: Optional[BitDepth] = typer.Option(None, "--bit-depth", help="8 or 16 bit (default: drawn per stack)."),
+    prefix: str = typer.Option("synth", metavar="NAME", help="File names: NAME_000.tif, NAME_000_boxes.csv, ..."),
+    quiet: Quiet = False,
+    as_json: Json = False,
+):
+    """Write synthetic two-photon spine stacks (NAME_000.tif, ...) with their ground truth (NAME_000_boxes.csv)."""
+
+    def main() -> list:
+        if seed < 0:
+            raise SpineDetError(f"--seed must be 0 or more, got {seed}")
         overrides = {}
-        if args.pixel_size is not None:
-            overrides["pixel_size_um"] = args.pixel_size
-        if args.z_step is not None:
-            overrides["z_step_um"] = args.z_step
-        if args.bit_depth is not None:
-            overrides["bit_depth"] = args.bit_depth
-        for i in range(args.count):
-            stack = make_stack(np.random.default_rng([args.seed, i]), (args.slices, args.size, args.size),
-                               **overrides)
-            name = f"{args.prefix}_{i:03d}"
-            write_stack(stack, args.outdir, name)
-            print(f"{Path(args.outdir) / name}.tif: {stack.image.shape[0]} slices, "
-                  f"{stack.voxel_size[1]:.3f} µm/px, z-step {stack.voxel_size[0]:.2f} µm, "
-                  f"{len(stack.spines)} spines, {len(stack.table)} boxes")
-        return 0
-    except (SpineDetError, ValueError, MemoryError) as exc:
-        print(f"spine-synth: error: {exc}", file=sys.stderr)
-        return 2
+        if _positive_um("--pixel-size", pixel_size) is not None:
+            overrides["pixel_size_um"] = pixel_size
+        if _positive_um("--z-step", z_step) is not None:
+            overrides["z_step_um"] = z_step
+        if bit_depth is not None:
+            overrides["bit_depth"] = int(bit_depth.value)
+        reports = []
+        for i in range(count):
+            try:
+                try:
+                    stack = make_stack(np.random.default_rng([seed, i]), (slices, size, size), **overrides)
+                except ValueError as exc:  # a setting the generator refuses
+                    raise SpineDetError(str(exc)) from None
+                paths = write_stack(stack, out, f"{prefix}_{i:03d}")
+            except SpineDetError as exc:
+                if reports:
+                    raise SpineDetError(f"{exc} ({len(reports)} of {count} stacks were written before it)") from None
+                raise
+            reports.append(stack_report(stack, paths))
+            say(report_line(reports[-1]), quiet)
+        return reports
+
+    reports = guarded(TOOL, main)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "seed": seed, "stacks": reports}))
+
+
+def main() -> None:
+    """Entry point of ``spine-synth``: runs :data:`app`, exits with its code (errors are one line)."""
+    run(app, TOOL)
