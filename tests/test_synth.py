@@ -1,14 +1,21 @@
 """The synthetic stack generator: ground truth agrees with what was rendered."""
 
+import hashlib
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from typer.testing import CliRunner
 
+from spinedet.runtime import files
 from spinedet.runtime.tables import read_box_table
 from spinedet.training.synth import SynthParams, distractor_boxes, main, make_stack, render_alone, write_stack
+from spinedet.training.synth.cli import app
 
 # bright enough that most spines in focus pass the noise test; 0.1 µm pixels, 0.5 µm slices
 BRIGHT = dict(signal_photons=300.0, pixel_size_um=0.1, z_step_um=0.5, spines_per_um=1.0, dendrite_count=2)
@@ -155,6 +162,26 @@ def test_pixel_size_changes_the_image_consistently():
     assert worst <= 0.25, worst          # µm: within about two coarse pixels
 
 
+def test_the_generator_output_is_pinned():
+    """One small stack, bit for bit: its image and ground-truth table (sha256).
+
+    Pinned on the single-file generator before it was split into modules, so
+    any change in what a seed produces (draw order, rendering, noise, the
+    visibility rule) shows here.  Computed with numpy 2.4 on x86-64; another
+    platform's float rounding (BLAS, SIMD exp) could in principle move a
+    pixel by one count and fail this without the generator having changed.
+    """
+    s = make_stack(5, (6, 96, 96))
+    t = s.table
+    assert (s.image.dtype, s.image.shape) == (np.uint8, (6, 96, 96))
+    assert s.voxel_size == (0.8655585528155456, 0.1344002338996304, 0.1344002338996304)
+    assert (len(s.spines), len(set(t.spine_id.tolist())), len(t)) == (21, 11, 20)
+    assert hashlib.sha256(s.image.tobytes()).hexdigest() == \
+        "ec8776e3692072e3aeedc7d20f7b3c68ac897a398b14571e5badd20753b9b859"
+    table = t.spine_id.astype("<i8").tobytes() + t.z.astype("<i8").tobytes() + t.boxes.astype("<f8").tobytes()
+    assert hashlib.sha256(table).hexdigest() == "5ce3a6f7863b383ddcb844e844e43ca32aa0f05925627be4ad585494187fea34"
+
+
 def test_same_seed_same_stack():
     a = make_stack(7, (6, 64, 64))
     b = make_stack(7, (6, 64, 64))
@@ -199,29 +226,121 @@ def test_written_tiff_keeps_the_voxel_size(tmp_path, stack):
     assert np.array_equal(table.z, stack.table.z[order]) and np.all(table.score == 1.0)
 
 
-def test_cli_writes_stacks(tmp_path, capsys):
-    args = [str(tmp_path), "--count", "2", "--slices", "3", "--size", "48", "--seed", "4",
-            "--pixel-size", "0.12", "--z-step", "0.8", "--bit-depth", "8"]
-    assert main(args) == 0
-    names = sorted(p.name for p in tmp_path.iterdir())
+def synth(*args):
+    """``spine-synth ARGS`` in this process, with typer's runner (usage errors are one line only through main())."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# the per-stack line on stderr
+REPORT = re.compile(r"^(?P<image>\S+\.tif): (?P<slices>\d+) slices?, [0-9.]+ µm/px, z-step [0-9.]+ µm, (?:8|16)-bit, "
+                    r"signal \d+ photons/voxel; ground truth: (?P<spines>\d+) spines? in (?P<boxes>\d+) box(?:es)? "
+                    r"\((?P<placed>\d+) spines? placed, (?P<never>\d+) never visible\)$")
+
+
+def test_cli_writes_stacks(tmp_path):
+    out = tmp_path / "out"
+    result = synth("--out", out, "--count", "2", "--slices", "3", "--size", "48", "--seed", "4",
+                   "--pixel-size", "0.12", "--z-step", "0.8", "--bit-depth", "8")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
     assert names == ["synth_000.tif", "synth_000_boxes.csv", "synth_001.tif", "synth_001_boxes.csv"]
-    with tifffile.TiffFile(tmp_path / "synth_001.tif") as tif:
+    with tifffile.TiffFile(out / "synth_001.tif") as tif:
         assert tif.asarray().shape == (3, 48, 48) and tif.asarray().dtype == np.uint8
         assert tif.imagej_metadata["spacing"] == pytest.approx(0.8)
-    capsys.readouterr()
+    # stack i is make_stack(default_rng([seed, i])) with the settings given
+    again = make_stack(np.random.default_rng([4, 1]), (3, 48, 48), pixel_size_um=0.12, z_step_um=0.8, bit_depth=8)
+    assert np.array_equal(tifffile.imread(out / "synth_001.tif"), again.image)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(REPORT.match(line) for line in lines), lines
+    assert lines[0].startswith(f"{out / 'synth_000.tif'}: 3 slices, 0.120 µm/px, z-step 0.80 µm, 8-bit, ")
 
 
-@pytest.mark.parametrize("args", [[], ["out", "--bit-depth", "12"], ["out", "--size", "-3"],
-                                  ["out", "--pixel-size", "abc"], ["out", "--size", "8"]])
+def test_cli_says_what_the_ground_truth_files_hold(tmp_path):
+    """The spine count printed is the number of spine ids in the written _boxes.csv, not the spines placed."""
+    out = tmp_path / "out"
+    result = synth("--out", out, "--count", "3", "--slices", "6", "--size", "96", "--seed", "1", "--prefix", "s")
+    assert result.exit_code == 0, result.output
+    reports = [REPORT.match(line) for line in result.stderr.splitlines()]
+    assert len(reports) == 3 and all(reports), result.stderr
+    for i, report in enumerate(reports):
+        assert report["image"] == str(out / f"s_{i:03d}.tif")
+        table = read_box_table(out / f"s_{i:03d}_boxes.csv")
+        assert int(report["spines"]) == len(set(table.spine_id.tolist()))
+        assert int(report["boxes"]) == len(table)
+        assert int(report["placed"]) == len(make_stack(np.random.default_rng([1, i]), (6, 96, 96)).spines)
+        assert int(report["placed"]) - int(report["spines"]) == int(report["never"])
+    # the case the old count hid: spines placed that no box names
+    assert any(int(r["never"]) > 0 for r in reports)
+
+
+def test_cli_json_lists_the_files_and_counts(tmp_path):
+    out = tmp_path / "out"
+    result = synth("--out", out, "--count", "2", "--slices", "4", "--size", "64", "--seed", "3", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    report = json.loads(result.stdout)              # one JSON object, nothing else on stdout
+    assert report["out"] == str(out) and report["seed"] == 3 and len(report["stacks"]) == 2
+    written = []
+    for entry in report["stacks"]:
+        image, truth = Path(entry["files"]["image"]), Path(entry["files"]["ground_truth"])
+        written += [image.name, truth.name]
+        table = read_box_table(truth)
+        assert entry["spines"] == len(set(table.spine_id.tolist())) and entry["boxes"] == len(table)
+        assert entry["spines_placed"] - entry["spines"] == entry["spines_never_visible"] >= 0
+        assert entry["shape"] == list(tifffile.imread(image).shape) == [4, 64, 64]
+        assert entry["bit_depth"] in (8, 16) and len(entry["voxel_size_um"]) == 3
+    assert sorted(written) == sorted(p.name for p in out.iterdir())
+
+
+def test_cli_writes_each_stack_all_or_nothing(tmp_path, monkeypatch):
+    """The disk fills up while writing the second stack: the first stays, nothing of the second is left."""
+    fdopen, opened = files.os.fdopen, []
+
+    def failing(*args, **kwargs):
+        opened.append(1)
+        if len(opened) == 4:                        # the second stack's second file
+            raise OSError(28, "disk full")
+        return fdopen(*args, **kwargs)
+
+    monkeypatch.setattr(files.os, "fdopen", failing)
+    out = tmp_path / "out"
+    result = synth("--out", out, "--count", "3", "--slices", "2", "--size", "32", "--json")
+    assert result.exit_code == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("spine-synth: error: ") and "synth_001_boxes.csv: cannot write output" in error
+    assert "1 of 3 stacks were written before it" in error
+    assert sorted(p.name for p in out.iterdir()) == ["synth_000.tif", "synth_000_boxes.csv"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [[], ["out"], ["--out", "out", "--bit-depth", "12"], ["--out", "out", "--size", "-3"],
+                                  ["--out", "out", "--pixel-size", "abc"], ["--out", "out", "--size", "8"],
+                                  ["--out", "out", "--count", "0"], ["--out", "out", "--pixel-size", "-0.1"],
+                                  ["--out", "out", "--z-step", "nan"], ["--out", "out", "--seed", "-1"]])
 def test_cli_errors_are_one_line(args, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("spine-synth: error:")
+    monkeypatch.setattr(sys, "argv", ["spine-synth", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("spine-synth: error:"), err
+    assert captured.out == ""
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_exit_code_from_a_shell(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "spinedet.training.synth", str(tmp_path), "--count", "0"],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+def test_cli_exit_codes_from_a_shell(tmp_path):
+    exe = Path(sys.executable).parent / "spine-synth"
+    if not exe.exists():
+        pytest.skip(f"spine-synth is not installed next to {sys.executable}")
+    for command in ([str(exe)], [sys.executable, "-m", "spinedet.training.synth"]):
+        done = subprocess.run(command + ["--out", str(tmp_path / "bad"), "--count", "0"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith("spine-synth: error: ") and done.stdout == ""
+    done = subprocess.run([str(exe), "--out", str(tmp_path / "ok"), "--slices", "2", "--size", "32", "--json", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [s["files"]["image"] for s in json.loads(done.stdout)["stacks"]] == [str(tmp_path / "ok" / "synth_000.tif")]
