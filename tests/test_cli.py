@@ -18,11 +18,8 @@ from test_detector import synthetic_stack
 
 
 @pytest.fixture
-def good_stack(tmp_path):
-    path = tmp_path / "good.tif"
-    tifffile.imwrite(path, synthetic_stack(), imagej=True, resolution=(10, 10),
-                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
-    return path
+def good_stack(good_stack_path):
+    return good_stack_path
 
 
 def run(*args):
