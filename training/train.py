@@ -51,7 +51,8 @@ import torch
 from spinedet.runtime.context import reach_slices
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, above, filter_detections, link_threshold_for
+from spinedet.runtime.postprocess import (LINK_THRESHOLD, MAX_AREA_UM2, NMS_IOM, SCORE_THRESHOLD, above,
+                                          filter_detections, link_threshold_for, max_area_pixels)
 from spinedet.runtime.tracking import track_slices
 
 from .augment import AugmentConfig, augment
@@ -81,7 +82,8 @@ class TrainOptions:
     val_thresholds: score thresholds validation tries; it reports the metrics at the one
         with the best score, the operating point ``spine-validate --calibrate`` would pick,
         so checkpoints are compared as they would be shipped (the paper's 0.5 alone: ``(0.5,)``).
-    max_area_px, nms_iom: the runtime's post-processing used for validation.
+    max_area_px, nms_iom: the runtime's post-processing used for validation (its area cap
+        :data:`~spinedet.runtime.postprocess.MAX_AREA_UM2` at the model's pixel size, and its IoM-NMS).
     ema_decay: keep an exponential moving average of the weights with this decay
         (:class:`~spinedet.training.averaging.WeightAverage`; 0: none).  The average is
         what is validated and what ``best.pt`` and ``last.pt`` hold as their model.
@@ -103,8 +105,8 @@ class TrainOptions:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int | None = None
     val_thresholds: tuple = THRESHOLDS
-    max_area_px: float | None = 2000.0
-    nms_iom: float = 0.5
+    max_area_px: float | None = max_area_pixels(MAX_AREA_UM2, ModelConfig.pixel_size_um)
+    nms_iom: float = NMS_IOM
     ema_decay: float = 0.0
 
     def to_dict(self) -> dict:
@@ -119,8 +121,8 @@ def _post(raw, options: TrainOptions, threshold: float):
                               nms_iom=options.nms_iom) for b, s in raw]
 
 
-def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = 0.5, raw=None,
-                depth_context_um: float = 0.0) -> dict:
+def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = SCORE_THRESHOLD,
+                raw=None, depth_context_um: float = 0.0) -> dict:
     """The runtime's per-image F1 (IoM >= 0.5) of ``model`` on ``samples`` at a score threshold.
 
     raw: the model's raw detections on the samples, if already at hand (then ``model`` is not run).
@@ -132,11 +134,11 @@ def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: 
     return f1_2d([b for b, _ in post], [s.boxes for s in samples])
 
 
-def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold: float = 0.5,
+def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold: float = SCORE_THRESHOLD,
                 raw=None, depth_context_um: float = 0.0) -> tuple[dict, dict]:
     """``(F1-3D, per-slice F1)`` of ``model`` on stacks: detect per slice, filter, track, score.
 
-    As in the runtime, boxes above the link threshold (0.5) are tracked and a
+    As in the runtime, boxes above the link threshold (:data:`LINK_THRESHOLD`, 0.5) are tracked and a
     track counts if one of its boxes scores above ``threshold``; the
     per-slice F1 counts the boxes above ``threshold``.
 

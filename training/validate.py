@@ -31,7 +31,7 @@ import numpy as np
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, above, link_threshold_for
+from spinedet.runtime.postprocess import LINK_THRESHOLD, SCORE_THRESHOLD, above, link_threshold_for
 from spinedet.runtime.stacks import read_image
 from spinedet.runtime.tables import BoxTable
 from spinedet.runtime.tracking import track_slices
@@ -48,8 +48,8 @@ SETTINGS = {
 }
 VALIDATION_SEED = 9_000_000  # training uses small seeds; these stacks are never trained on
 CALIBRATION_SEED = 8_000_000  # --calibrate chooses the score threshold on these, never on the validation stacks
-#: score thresholds --calibrate tries (0.5 is the paper's)
-THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+#: score thresholds --calibrate tries (0.5, the first, is the paper's)
+THRESHOLDS = tuple(round(SCORE_THRESHOLD + 0.05 * k, 2) for k in range(10))
 
 
 def _summed(scores: list[dict]) -> dict:
