@@ -8,8 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from blob_model import build_blob_model  # noqa: E402
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from spinedet.training.data import data_root  # noqa: E402  (torch-free: tests/test_no_torch.py)
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +19,18 @@ def blob_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_data():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (a fresh clone has no ../shared)")
-    return SHARED_DATA
+    """The real data, where the commands look for it: ``$SPINEDET_DATA`` or ``../shared/data``."""
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data folder {root} is absent (a fresh clone has no ../shared; see SPINEDET_DATA)")
+    return root
 
 
 @pytest.fixture(scope="session")
 def shared_data_or_none():
     """The real-data folder, or None where it is absent (tests that also run without it)."""
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
+    root = data_root()
+    return root if root.is_dir() else None
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from spinedet.runtime.errors import SpineDetError
+from spinedet.training.data import data_root
 from spinedet.training.labels import (load_real2d_mdg, read_label_csv, read_tracking_csv, read_via_json,
                                       read_yolo_dataset, read_yolo_txt, split_by_group)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = data_root()  # $SPINEDET_DATA or ../shared/data, as the commands decide
 
 
 def _png(path: Path, height: int, width: int) -> Path:

@@ -273,7 +273,7 @@ def test_finetuning_with_depth_context_starts_from_the_same_model(tmp_path):
 
 def test_finetuning_can_unfreeze_the_stem(tmp_path):
     """``--frozen-stages 0`` with ``--init``: the same weights, and now the ImageNet stem trains too."""
-    from spinedet.training.train import _parser, settings
+    from spinedet.training.train import parse_args, settings
     torch.manual_seed(7)
     config = ModelConfig(pretrained=True, roi_levels=("0",), **SMALL)  # frozen BatchNorm, stem frozen
     model = build_model(config, pretrained=False).eval()
@@ -289,6 +289,6 @@ def test_finetuning_can_unfreeze_the_stem(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     # the command line: without the flag a fine-tuning run keeps the checkpoint's setting
     args = ["--out", "x", "--init", str(tmp_path / "c.pt")]
-    assert settings(_parser().parse_args(args))[0].frozen_stages == 1
-    assert settings(_parser().parse_args(args + ["--frozen-stages", "0"]))[0].frozen_stages == 0
-    assert settings(_parser().parse_args(["--out", "x"]))[0].frozen_stages == ModelConfig.frozen_stages
+    assert settings(parse_args(args))[0].frozen_stages == 1
+    assert settings(parse_args(args + ["--frozen-stages", "0"]))[0].frozen_stages == 0
+    assert settings(parse_args(["--out", "x"]))[0].frozen_stages == ModelConfig.frozen_stages

@@ -42,6 +42,19 @@ print('ok')
     assert done.stdout.strip() == "ok"
 
 
+def test_validation_and_the_data_root_need_no_torch():
+    """spine-validate runs models through the runtime, and tests/conftest.py imports data_root: neither needs torch."""
+    script = BLOCK_TORCH + """
+from spinedet.training.data import data_root
+from spinedet.training import validate
+assert not any(m.split('.')[0] in ('torch', 'torchvision') for m in sys.modules)
+print('ok')
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 def test_training_and_export_commands_say_what_is_missing_without_torch(tmp_path):
     script = BLOCK_TORCH + """
 import sys

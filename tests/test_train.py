@@ -5,8 +5,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
+import json  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
 from spinedet.runtime.boxes import iom  # noqa: E402
 from spinedet.runtime.contract import ModelCard, intensity_range, normalise  # noqa: E402
@@ -17,8 +21,8 @@ from spinedet.training.data import (MixedSampler, Sample, ValStack, normalise_st
 from spinedet.training.config import ModelConfig  # noqa: E402
 from spinedet.training.averaging import WeightAverage  # noqa: E402
 from spinedet.training.model import predict  # noqa: E402
-from spinedet.training.train import (TrainOptions, evaluate_2d, evaluate_3d, main, train,  # noqa: E402
-                                     validate)
+from spinedet.training.train import (TrainOptions, app, evaluate_2d, evaluate_3d, parse_args,  # noqa: E402
+                                     settings, train, validate)
 
 TINY = dict(fpn_channels=32, representation_size=128, input_size=(128, 128))
 
@@ -222,6 +226,7 @@ def test_validation_reports_the_best_threshold_from_one_model_run():
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_short_training_learns_an_obvious_spine():
     rng = np.random.default_rng(0)
     samples = [toy_sample(rng) for _ in range(8)]
@@ -293,19 +298,51 @@ def test_averaged_run_saves_the_average_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(averaged[k], trained[k]) for k in trained if trained[k].is_floating_point())
 
 
-def test_cli_runs_on_synthetic_data(tmp_path, capsys):
+def spine_train(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_runs_on_synthetic_data(tmp_path):
     out = tmp_path / "run"
-    code = main(["--out", str(out), "--backbone", "mobilenet_v2", "--scratch", "--fpn-channels", "16", "--representation-size", "32",
-                 "--iterations", "2", "--val-every", "2", "--synthetic-train", "1", "--synthetic-val", "1",
-                 "--synthetic-shape", "3,96,96", "--crop", "64", "--input-size", "96", "--no-real"])
-    assert code == 0
+    common = ["--out", out, "--backbone", "mobilenet_v2", "--scratch", "--fpn-channels", "16",
+              "--representation-size", "32", "--iterations", "2", "--val-every", "2", "--synthetic-train", "1",
+              "--synthetic-val", "1", "--synthetic-shape", "3,96,96", "--crop", "64", "--input-size", "96", "--no-real"]
+    result = spine_train(*common, "--json")
+    assert result.exit_code == 0, result.output
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
-    assert "3d/synthetic" in capsys.readouterr().err
+    assert "3d/synthetic" in result.stderr
+    # --json: one JSON object on stdout and nothing else there
+    assert result.stdout.count("\n") == 1
+    summary = json.loads(result.stdout)
+    assert summary["iteration"] == 2 and summary["out"] == str(out)
+    assert summary["best_score"] == summary["final"]["score"] and "3d/synthetic" in summary["final"]
+    # without it, nothing on stdout and one summary line on stderr; -q: nothing on stderr either
+    # (resuming the finished run: no iteration left, the data is built again and the result read back)
+    result = spine_train(*common, "--resume", out / "last.pt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and f"{out}: trained to iteration 2; best score" in result.stderr
+    result = spine_train(*common, "--resume", out / "last.pt", "-q")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_cli_bad_option_is_one_line(monkeypatch, capsys):
+    """Usage errors too are one line and exit 2 (through the installed entry point's path)."""
+    from spinedet.training.entry import train_main
+
+    for argv in (["--out", "x", "--batch-size", "2"], ["--out", "x", "--batch", "0"], ["--batch", "2"],
+                 ["--out", "x", "--synthetic-shape", "20,a,512"]):
+        monkeypatch.setattr(sys, "argv", ["spine-train", *argv])
+        with pytest.raises(SystemExit) as exit:
+            train_main()
+        assert exit.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith("spine-train: error: ") and "(see spine-train --help)" in captured.err
 
 
 @pytest.mark.parametrize("content", [None, b"not a checkpoint", b"\x80\x02}q\x00."])
 @pytest.mark.parametrize("flag", ["--init", "--resume"])
-def test_cli_refuses_a_bad_checkpoint_before_building_data(tmp_path, capsys, monkeypatch, flag, content):
+def test_cli_refuses_a_bad_checkpoint_before_building_data(tmp_path, monkeypatch, flag, content):
     """A missing or foreign --init/--resume file is one error line, before minutes of data building start."""
     import spinedet.training.train as T
 
@@ -316,8 +353,9 @@ def test_cli_refuses_a_bad_checkpoint_before_building_data(tmp_path, capsys, mon
     path = tmp_path / "start.pt"
     if content is not None:
         path.write_bytes(content)
-    assert main(["--out", str(tmp_path / "run"), flag, str(path), "--frozen-stages", "0", "--no-real"]) == 2
-    err = capsys.readouterr().err.strip()
+    result = spine_train("--out", tmp_path / "run", flag, path, "--frozen-stages", "0", "--no-real")
+    assert result.exit_code == 2 and result.stdout == ""
+    err = result.stderr.strip()
     assert err.count("\n") == 0 and err.startswith("spine-train: error: ") and str(path) in err
     assert ("no such checkpoint file" if content is None else "not a spine-train checkpoint") in err
 
@@ -334,12 +372,27 @@ def test_real2d_mdg_val_loads_normalised(shared_data):
 
 
 def test_recipes_fill_unset_flags():
-    from spinedet.training.train import _parser, settings
-
-    config, options = settings(_parser().parse_args(["--out", "x", "--recipe", "cpu", "--iterations", "3000"]))
+    config, options = settings(parse_args(["--out", "x", "--recipe", "cpu", "--iterations", "3000"]))
     assert (options.lr, options.momentum, options.warmup_iterations, options.lr_drops) == (5e-3, 0.9, 100, (2400,))
-    _, options = settings(_parser().parse_args(["--out", "x"]))
+    config, options = settings(parse_args(["--out", "x"]))
     assert (options.lr, options.momentum, options.weight_decay, options.batch_size) == (1e-3, 0.6, 3e-6, 1)
     assert options.lr_drops == () and options.loss_weights == {"loss_rpn_box_reg": 2.0}
-    _, options = settings(_parser().parse_args(["--out", "x", "--recipe", "cpu", "--lr", "0.01", "--lr-drop", "5"]))
+    assert options == TrainOptions(augment=A.AugmentConfig(crop=256), source_weights=options.source_weights)
+    assert options.source_weights == {"synthetic": 1.0, "real2d-mdg": 1.0}
+    assert config == ModelConfig(input_size=(512, 512))  # the defaults are the model's own
+    _, options = settings(parse_args(["--out", "x", "--recipe", "cpu", "--lr", "0.01", "--lr-drop", "5"]))
     assert options.lr == 0.01 and options.lr_drops == (5,) and options.momentum == 0.9
+    config, options = settings(parse_args(["-o", "x", "--batch", "4", "--seed", "3", "--threads", "2",
+                                           "--backbone", "efficientnet_lite0", "--val-thresholds", "0.5,0.7",
+                                           "--weights", "synthetic=1,real2d-mdg=2"]))
+    assert (options.batch_size, options.seed, options.threads, options.val_thresholds) == (4, 3, 2, (0.5, 0.7))
+    assert options.source_weights == {"synthetic": 1.0, "real2d-mdg": 2.0}
+    assert config.backbone == "efficientnet_lite0" and type(config.backbone) is str
+
+
+def test_validation_post_processing_is_the_runtimes():
+    from spinedet.runtime.postprocess import MAX_AREA_UM2, NMS_IOM, max_area_pixels
+
+    options = TrainOptions()
+    assert options.max_area_px == max_area_pixels(MAX_AREA_UM2, ModelConfig().pixel_size_um)
+    assert options.nms_iom == NMS_IOM

@@ -1,16 +1,38 @@
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from spinedet.training.validate import SETTINGS, main
+import spinedet.training.validate as V
+from spinedet.runtime.errors import SpineDetError
+from spinedet.training.validate import SETTINGS, app
+
+SMALL = ["--stacks-per-setting", "1", "--slices", "3", "--size", "128"]
 
 
-def test_validate_reports_f1_per_setting_and_on_real_data(blob_model, tmp_path, capsys):
-    out = tmp_path / "v.json"
-    assert main([str(blob_model), "--stacks-per-setting", "1", "--slices", "3", "--size", "128",
-                 "--json", str(out), "--real-root", str(tmp_path / "absent")]) == 0
-    results = json.loads(out.read_text())
+def spine_validate(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def model(blob_model, tmp_path):
+    """A copy of the blob model and its card, free to be calibrated."""
+    copy = tmp_path / "model" / "m.onnx"
+    copy.parent.mkdir()
+    shutil.copy(blob_model, copy)
+    shutil.copy(blob_model.with_suffix(".json"), copy.with_suffix(".json"))
+    return copy
+
+
+def test_validate_reports_f1_per_setting_and_on_real_data(blob_model, tmp_path):
+    result = spine_validate(blob_model, *SMALL, "--json", "--real-root", tmp_path / "absent")
+    assert result.exit_code == 0, result.output
+    # --json: exactly one JSON object on stdout, nothing else there
+    assert result.stdout.count("\n") == 1
+    results = json.loads(result.stdout)
     synthetic = results["synthetic_f1_3d"]
     assert set(SETTINGS) | {"all settings", "inference_seconds_per_slice"} == set(synthetic)
     total = synthetic["all settings"]
@@ -18,21 +40,68 @@ def test_validate_reports_f1_per_setting_and_on_real_data(blob_model, tmp_path, 
     assert total["tp"] == sum(synthetic[name]["tp"] for name in SETTINGS)
     assert 0 <= total["f1"] <= 1
     assert results["real2d_mdg_val_f1"] is None  # folder absent: skipped, not failed
+    assert "absent: no labels.csv" in result.stderr  # ... and said so
+    # without --json: a readable summary on stdout; -q: nothing on stderr
+    result = spine_validate(blob_model, *SMALL, "--real-root", tmp_path / "absent", "-q")
+    assert result.exit_code == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{blob_model}: score threshold {results['score_threshold']:g}, link threshold 0.5"
+    for name in [*SETTINGS, "all settings"]:
+        assert any(line.startswith(f"F1-3D  {name} ") and f"F1 {synthetic[name]['f1']:.4f}" in line
+                   for line in lines)
+    assert "real2d-mdg val: skipped" in result.stdout
 
 
-def test_validate_bad_model_is_one_line(tmp_path, capsys):
-    assert main([str(tmp_path / "missing.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("spine-validate: error: ") and err.count("\n") == 1
+def test_validate_real_data_default_honours_spinedet_data(blob_model, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(V, "real2d_f1", lambda detector, root: seen.append(root))
+    monkeypatch.setenv("SPINEDET_DATA", str(tmp_path / "data"))
+    result = spine_validate(blob_model, *SMALL, "--json")
+    assert result.exit_code == 0, result.output
+    assert seen == [tmp_path / "data" / "real2d-mdg"]
+    assert f"{tmp_path / 'data' / 'real2d-mdg'}: no labels.csv" in result.stderr
 
 
-def test_validate_will_not_overwrite_the_model_card(blob_model, capsys):
-    card = blob_model.with_suffix(".json")
+def test_validate_bad_model_is_one_line(tmp_path):
+    result = spine_validate(tmp_path / "missing.onnx")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("spine-validate: error: ") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [["--json", "results.json"], ["--batch", "0"], ["--stacks-per-setting", "x"],
+                                  ["--device", "gpu"], ["--bogus"]])
+def test_validate_bad_option_is_one_line(blob_model, argv, monkeypatch, capsys):
+    """Usage errors too are one line and exit 2 (through the installed entry point's path)."""
+    monkeypatch.setattr(sys, "argv", ["spine-validate", str(blob_model), *argv])
+    with pytest.raises(SystemExit) as exit:
+        V.main()
+    assert exit.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("spine-validate: error: ") and "(see spine-validate --help)" in captured.err
+
+
+def test_validate_writes_nothing_but_a_calibrated_card(model, tmp_path, monkeypatch):
+    """Without --calibrate nothing is written (the card least of all); with it, nothing if validation fails."""
+    card = model.with_suffix(".json")
     before = card.read_bytes()
-    assert main([str(blob_model), "--json", str(card)]) == 2
-    err = capsys.readouterr().err
-    assert "model's card" in err and err.count("\n") == 1
-    assert card.read_bytes() == before
+    listing = sorted(model.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    result = spine_validate(model, *SMALL, "--json", "--real-root", tmp_path / "absent")
+    assert result.exit_code == 0
+    assert card.read_bytes() == before and sorted(model.parent.iterdir()) == listing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # --json FILE (the old form) is no longer a way to write onto the card
+    result = spine_validate(model, "--json", card)
+    assert result.exit_code == 2 and card.read_bytes() == before
+
+    def broken(*args, **kwargs):
+        raise SpineDetError("the validation broke midway")
+
+    monkeypatch.setattr(V, "synthetic_f1_3d", broken)
+    result = spine_validate(model, "--calibrate", *SMALL, "--real-root", tmp_path / "absent")
+    assert result.exit_code == 2 and "broke midway" in result.stderr
+    assert card.read_bytes() == before and sorted(model.parent.iterdir()) == listing
 
 
 def _tracks(table):
@@ -66,20 +135,14 @@ def test_raising_the_threshold_afterwards_equals_detecting_at_it(blob_model):
     assert compared > 0 and linked_differs
 
 
-def test_calibrate_writes_the_threshold_into_the_card(blob_model, tmp_path, capsys):
-    import shutil
-
+def test_calibrate_writes_the_threshold_into_the_card(model, tmp_path):
     from spinedet.runtime.contract import load_card
     from spinedet.runtime.detector import SpineDetector
     from spinedet.training.validate import THRESHOLDS
 
-    model = tmp_path / "m.onnx"
-    shutil.copy(blob_model, model)
-    shutil.copy(blob_model.with_suffix(".json"), model.with_suffix(".json"))
     before = load_card(model)
-    out = tmp_path / "v.json"
-    assert main([str(model), "--calibrate", "--stacks-per-setting", "1", "--slices", "3", "--size", "128",
-                 "--json", str(out), "--real-root", str(tmp_path / "absent")]) == 0
+    result = spine_validate(model, "--calibrate", *SMALL, "--json", "--real-root", tmp_path / "absent")
+    assert result.exit_code == 0, result.output
     card = load_card(model)
     record = card.metrics["score_threshold_calibration"]
     assert card.score_threshold == record["chosen"] and card.score_threshold in THRESHOLDS
@@ -89,7 +152,8 @@ def test_calibrate_writes_the_threshold_into_the_card(blob_model, tmp_path, caps
     assert [r for r in record["sweep"] if r["threshold"] == record["chosen"]][0]["synthetic_f1_3d"] == best
     assert (card.input_size, card.name) == (before.input_size, before.name)
     assert SpineDetector(model).score_threshold == card.score_threshold
-    assert json.loads(out.read_text())["score_threshold"] == card.score_threshold
+    results = json.loads(result.stdout)
+    assert results["score_threshold"] == card.score_threshold and results["calibration"] == record
 
 
 def test_card_rejects_a_threshold_outside_0_1(blob_model, tmp_path):

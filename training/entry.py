@@ -13,4 +13,4 @@ def train_main():
         sys.exit(2)
     from .train import main
 
-    sys.exit(main())
+    main()  # exits with the command's code

@@ -36,22 +36,27 @@ loss the uninterrupted run would have had.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
+import typer
 
+from spinedet.runtime.cliutil import Json, Out, Quiet, Seed, Threads, guarded, make_app, note, run, say
 from spinedet.runtime.context import reach_slices
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, above, filter_detections, link_threshold_for
+from spinedet.runtime.postprocess import (LINK_THRESHOLD, MAX_AREA_UM2, NMS_IOM, SCORE_THRESHOLD, above,
+                                          filter_detections, link_threshold_for, max_area_pixels)
 from spinedet.runtime.tracking import track_slices
 
 from .augment import AugmentConfig, augment
@@ -81,7 +86,8 @@ class TrainOptions:
     val_thresholds: score thresholds validation tries; it reports the metrics at the one
         with the best score, the operating point ``spine-validate --calibrate`` would pick,
         so checkpoints are compared as they would be shipped (the paper's 0.5 alone: ``(0.5,)``).
-    max_area_px, nms_iom: the runtime's post-processing used for validation.
+    max_area_px, nms_iom: the runtime's post-processing used for validation (its area cap
+        :data:`~spinedet.runtime.postprocess.MAX_AREA_UM2` at the model's pixel size, and its IoM-NMS).
     ema_decay: keep an exponential moving average of the weights with this decay
         (:class:`~spinedet.training.averaging.WeightAverage`; 0: none).  The average is
         what is validated and what ``best.pt`` and ``last.pt`` hold as their model.
@@ -103,8 +109,8 @@ class TrainOptions:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int | None = None
     val_thresholds: tuple = THRESHOLDS
-    max_area_px: float | None = 2000.0
-    nms_iom: float = 0.5
+    max_area_px: float | None = max_area_pixels(MAX_AREA_UM2, ModelConfig.pixel_size_um)
+    nms_iom: float = NMS_IOM
     ema_decay: float = 0.0
 
     def to_dict(self) -> dict:
@@ -119,8 +125,8 @@ def _post(raw, options: TrainOptions, threshold: float):
                               nms_iom=options.nms_iom) for b, s in raw]
 
 
-def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = 0.5, raw=None,
-                depth_context_um: float = 0.0) -> dict:
+def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: float = SCORE_THRESHOLD,
+                raw=None, depth_context_um: float = 0.0) -> dict:
     """The runtime's per-image F1 (IoM >= 0.5) of ``model`` on ``samples`` at a score threshold.
 
     raw: the model's raw detections on the samples, if already at hand (then ``model`` is not run).
@@ -132,11 +138,11 @@ def evaluate_2d(model, samples: list[Sample], options: TrainOptions, threshold: 
     return f1_2d([b for b, _ in post], [s.boxes for s in samples])
 
 
-def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold: float = 0.5,
+def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold: float = SCORE_THRESHOLD,
                 raw=None, depth_context_um: float = 0.0) -> tuple[dict, dict]:
     """``(F1-3D, per-slice F1)`` of ``model`` on stacks: detect per slice, filter, track, score.
 
-    As in the runtime, boxes above the link threshold (0.5) are tracked and a
+    As in the runtime, boxes above the link threshold (:data:`LINK_THRESHOLD`, 0.5) are tracked and a
     track counts if one of its boxes scores above ``threshold``; the
     per-slice F1 counts the boxes above ``threshold``.
 
@@ -354,6 +360,12 @@ def train(config: ModelConfig, options: TrainOptions, train_sources: dict, val_2
 #: Optimiser presets: (lr, momentum, warm-up iterations, lr drops as fractions of the run).
 RECIPES = {"paper": (1e-3, 0.6, 0, ()), "cpu": (5e-3, 0.9, 100, (0.8,))}
 
+TOOL = "spine-train"
+
+#: the choices of --backbone and --recipe
+BackboneName = Enum("BackboneName", {name: name for name in BACKBONES}, type=str)
+RecipeName = Enum("RecipeName", {name: name for name in sorted(RECIPES)}, type=str)
+
 
 def _pairs(text: str) -> dict:
     out = {}
@@ -371,68 +383,134 @@ def _floats(text: str) -> tuple:
     return tuple(float(v) for v in text.split(","))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spine-train", description="Train the spine detector (Faster R-CNN).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="run folder for checkpoints and metrics (e.g. runs/mnv2)")
-    p.add_argument("--resume", default=None, help="continue from this last.pt")
-    p.add_argument("--init", default=None,
-                   help="fine-tune: start from this checkpoint's weights and model (fresh optimizer and schedule); "
-                        "an exported .onnx model with its card works too (e.g. models/spinedet_default.onnx)")
-    m = p.add_argument_group("model")
-    m.add_argument("--backbone", choices=BACKBONES, default=ModelConfig.backbone)
-    m.add_argument("--scratch", action="store_true", help="random backbone init instead of ImageNet weights")
-    m.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
-    m.add_argument("--representation-size", type=int, default=ModelConfig.representation_size)
-    m.add_argument("--input-size", type=int, default=512, help="model input (square) in pixels")
-    m.add_argument("--roi-context", type=float, default=ModelConfig.roi_context_px,
-                   help="pixels of surroundings the box head also pools around each RoI (0: none)")
-    m.add_argument("--depth-context", type=float, default=ModelConfig.depth_context_um,
-                   help="µm above and below each slice whose maximum projection the model also sees "
-                        "(a second input channel; 0: the slice alone)")
-    m.add_argument("--frozen-stages", type=int, default=None,
-                   help=f"backbone stages kept frozen (default {ModelConfig.frozen_stages}; "
-                        "with --init, the checkpoint's)")
-    m.add_argument("--roi-levels", default=",".join(ModelConfig.roi_levels),
-                   help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3")
-    t = p.add_argument_group("optimisation (defaults: the paper's recipe)")
-    t.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
-                   help="paper: SGD lr 1e-3, momentum 0.6, constant; cpu: lr 5e-3, momentum 0.9, "
-                        "100 warm-up iterations, lr/10 for the last 20%% (for short CPU runs); "
-                        "--lr, --momentum, --warmup, --lr-drop left at None take the recipe's value")
-    t.add_argument("--iterations", type=int, default=TrainOptions.iterations)
-    t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--lr", type=float, default=None, help="learning rate")
-    t.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=TrainOptions.weight_decay)
-    t.add_argument("--warmup", type=int, default=None, help="linear lr warm-up iterations")
-    t.add_argument("--lr-drop", type=_ints, default=None, help="iterations where lr is divided by 10, e.g. 2400")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--crop", type=int, default=256, help="training crop size (0: whole images)")
-    t.add_argument("--no-augment", action="store_true", help="no augmentation (crops only)")
-    t.add_argument("--hard-negatives", type=float, default=AugmentConfig.p_negative_centred,
-                   help="probability that a synthetic crop is centred on a bouton or punctum (a spine look-alike)")
-    t.add_argument("--ema", type=float, default=0.0,
-                   help="keep a moving average of the weights with this decay (e.g. 0.999) and validate and "
-                        "save it (0: off)")
-    t.add_argument("--val-thresholds", type=_floats, default=THRESHOLDS,
-                   help="score thresholds validation tries; checkpoints are compared at their best one "
-                        "(0.5 alone: the paper's rule)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    t.add_argument("--val-every", type=int, default=500)
-    t.add_argument("--checkpoint-every", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=20)
-    d = p.add_argument_group("data")
-    d.add_argument("--synthetic-train", type=int, default=40, help="synthetic training stacks")
-    d.add_argument("--synthetic-val", type=int, default=4, help="synthetic validation stacks (F1-3D)")
-    d.add_argument("--synthetic-shape", type=_ints, default=(20, 512, 512), help="Z,H,W of synthetic stacks")
-    d.add_argument("--synthetic-seed", type=int, default=1,
-                   help="training stacks use seeds [S, i], validation stacks [S + 1000, i]")
-    d.add_argument("--real-root", default=None, help="real2d-mdg folder (default ../shared/data/real2d-mdg)")
-    d.add_argument("--no-real", action="store_true", help="do not use real2d-mdg")
-    d.add_argument("--weights", type=_pairs, default={SYNTHETIC: 1.0, REAL2D_MDG: 1.0},
-                   help="sampling weights per source, e.g. synthetic=1,real2d-mdg=2")
-    return p
+def _plain(value):
+    """A choice's string (typer hands over Enum members)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+app = make_app()
+
+
+@app.command()
+def spine_train(
+    out: Out,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from this last.pt.")] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Fine-tune: start from this checkpoint's weights and model (fresh optimizer and schedule); an "
+             "exported .onnx model with its card works too (e.g. models/spinedet_default.onnx).")] = None,
+    # the model
+    backbone: BackboneName = BackboneName(ModelConfig.backbone),
+    scratch: Annotated[bool, typer.Option("--scratch", help="Random backbone init instead of ImageNet "
+                                                            "weights.")] = False,
+    fpn_channels: int = ModelConfig.fpn_channels,
+    representation_size: int = ModelConfig.representation_size,
+    input_size: Annotated[int, typer.Option(help="Model input (square) in pixels.")] = 512,
+    roi_context: Annotated[float, typer.Option(
+        help="Pixels of surroundings the box head also pools around each RoI (0: none).")
+    ] = ModelConfig.roi_context_px,
+    depth_context: Annotated[float, typer.Option(
+        help="µm above and below each slice whose maximum projection the model also sees (a second input "
+             "channel; 0: the slice alone).")] = ModelConfig.depth_context_um,
+    frozen_stages: Annotated[Optional[int], typer.Option(
+        help=f"Backbone stages kept frozen (default {ModelConfig.frozen_stages}; with --init, the "
+             "checkpoint's).")] = None,
+    roi_levels: Annotated[str, typer.Option(
+        help="FPN levels the box head pools from, e.g. 0 (stride 4 only) or 0,1,2,3.")
+    ] = ",".join(ModelConfig.roi_levels),
+    # optimisation (defaults: the paper's recipe)
+    recipe: Annotated[RecipeName, typer.Option(
+        help="paper: SGD lr 1e-3, momentum 0.6, constant; cpu: lr 5e-3, momentum 0.9, 100 warm-up iterations, "
+             "lr/10 for the last 20% (for short CPU runs); --lr, --momentum, --warmup, --lr-drop left unset "
+             "take the recipe's value.")] = RecipeName.paper,
+    iterations: int = TrainOptions.iterations,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Training images per iteration (SGD step).")
+                     ] = TrainOptions.batch_size,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum.")] = None,
+    weight_decay: float = TrainOptions.weight_decay,
+    warmup: Annotated[Optional[int], typer.Option(help="Linear lr warm-up iterations.")] = None,
+    lr_drop: Annotated[Optional[tuple], typer.Option(
+        parser=_ints, metavar="IT[,IT...]", help="Iterations where lr is divided by 10, e.g. 2400.")] = None,
+    seed: Seed = TrainOptions.seed,
+    crop: Annotated[int, typer.Option(help="Training crop size (0: whole images).")] = 256,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="No augmentation (crops only).")] = False,
+    hard_negatives: Annotated[float, typer.Option(
+        help="Probability that a synthetic crop is centred on a bouton or punctum (a spine look-alike).")
+    ] = AugmentConfig.p_negative_centred,
+    ema: Annotated[float, typer.Option(
+        help="Keep a moving average of the weights with this decay (e.g. 0.999) and validate and save it "
+             "(0: off).")] = TrainOptions.ema_decay,
+    val_thresholds: Annotated[tuple, typer.Option(
+        parser=_floats, metavar="T[,T...]",
+        help="Score thresholds validation tries; checkpoints are compared at their best one (0.5 alone: the "
+             "paper's rule).")] = ",".join(f"{t:g}" for t in THRESHOLDS),
+    threads: Threads = None,
+    val_every: int = TrainOptions.val_every,
+    checkpoint_every: int = TrainOptions.checkpoint_every,
+    log_every: int = TrainOptions.log_every,
+    # data
+    synthetic_train: Annotated[int, typer.Option(help="Synthetic training stacks.")] = 40,
+    synthetic_val: Annotated[int, typer.Option(help="Synthetic validation stacks (F1-3D).")] = 4,
+    synthetic_shape: Annotated[tuple, typer.Option(parser=_ints, metavar="Z,H,W",
+                                                   help="Z,H,W of synthetic stacks.")] = "20,512,512",
+    synthetic_seed: Annotated[int, typer.Option(
+        help="Training stacks use seeds [S, i], validation stacks [S + 1000, i].")] = 1,
+    real_root: Annotated[Optional[Path], typer.Option(
+        help=f"{REAL2D_MDG} folder (default: $SPINEDET_DATA/{REAL2D_MDG}, else ../shared/data/{REAL2D_MDG}).")
+    ] = None,
+    no_real: Annotated[bool, typer.Option("--no-real", help=f"Do not use {REAL2D_MDG}.")] = False,
+    weights: Annotated[dict, typer.Option(
+        parser=_pairs, metavar="SOURCE=W[,...]",
+        help=f"Sampling weights per source, e.g. {SYNTHETIC}=1,{REAL2D_MDG}=2.")] = f"{SYNTHETIC}=1,{REAL2D_MDG}=1",
+    as_json: Json = False,
+    quiet: Quiet = False,
+):
+    """Train the spine detector (Faster R-CNN).
+
+    Checkpoints (last.pt, best.pt), metrics.jsonl and config.json go into --out.
+    """
+    args = SimpleNamespace(**locals())
+    result = guarded(TOOL, lambda: _checked(lambda: run_training(args)),
+                     interrupted=f"interrupted; the last checkpoint written, if any, is {out / 'last.pt'} "
+                                 "(--resume it)")
+    summary = {"out": str(out), "iteration": result["iteration"], "best_score": _finite(result["best"]),
+               "final": _finite(result["metrics"])}
+    if as_json:
+        typer.echo(json.dumps(summary, allow_nan=False))
+        return
+    if summary["best_score"] is None:
+        say(f"{out}: trained to iteration {summary['iteration']}; no validation data, so no best.pt", quiet)
+    else:
+        final = summary["final"] or {}
+        say(f"{out}: trained to iteration {summary['iteration']}; best score {summary['best_score']:.4f} "
+            f"-> {out / 'best.pt'}" + (f" (last: {final['score']:.4f} at threshold {final['threshold']:g})"
+                                       if final.get("score") is not None else ""), quiet)
+
+
+def parse_args(argv) -> SimpleNamespace:
+    """The option values of a ``spine-train`` command line, without running it (what :func:`settings` takes)."""
+    command = typer.main.get_command(app)
+    with command.make_context(TOOL, list(argv)) as ctx:
+        return SimpleNamespace(**ctx.params)
+
+
+def _checked(work):
+    """Run ``work()``; a bad value or a diverging run is a SpineDetError (one error line, exit 2), as before."""
+    try:
+        return work()
+    except (ValueError, FloatingPointError) as exc:
+        raise SpineDetError(str(exc)) from exc
+
+
+def _finite(value):
+    """``value`` with every non-finite float (no validation yet: -inf, nan) as None, so it is valid JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _frozen_stages(args, init_config: ModelConfig | None) -> int:
@@ -445,20 +523,20 @@ def _frozen_stages(args, init_config: ModelConfig | None) -> int:
 
 
 def settings(args, init_config: ModelConfig | None = None) -> tuple[ModelConfig, TrainOptions]:
-    """The model config and training options of parsed ``spine-train`` arguments.
+    """The model config and training options of ``spine-train`` option values (:func:`parse_args`).
 
     init_config: the ``--init`` checkpoint's config if already read (else it is read here when needed).
     """
-    config = ModelConfig(backbone=args.backbone, pretrained=not args.scratch, fpn_channels=args.fpn_channels,
+    config = ModelConfig(backbone=_plain(args.backbone), pretrained=not args.scratch, fpn_channels=args.fpn_channels,
                          representation_size=args.representation_size, input_size=(args.input_size,) * 2,
                          frozen_stages=_frozen_stages(args, init_config), roi_context_px=args.roi_context,
                          depth_context_um=args.depth_context,
                          roi_levels=tuple(v.strip() for v in args.roi_levels.split(",") if v.strip()))
     aug = (AugmentConfig.none(crop=args.crop or None) if args.no_augment
            else AugmentConfig(crop=args.crop or None, p_negative_centred=args.hard_negatives))
-    lr, momentum, warmup, drops = RECIPES[args.recipe]
+    lr, momentum, warmup, drops = RECIPES[_plain(args.recipe)]
     drops = tuple(int(round(f * args.iterations)) for f in drops)
-    options = TrainOptions(iterations=args.iterations, batch_size=args.batch_size,
+    options = TrainOptions(iterations=args.iterations, batch_size=args.batch,
                            lr=lr if args.lr is None else args.lr,
                            momentum=momentum if args.momentum is None else args.momentum,
                            weight_decay=args.weight_decay,
@@ -466,62 +544,65 @@ def settings(args, init_config: ModelConfig | None = None) -> tuple[ModelConfig,
                            lr_drops=drops if args.lr_drop is None else tuple(args.lr_drop), seed=args.seed,
                            val_every=args.val_every,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                           source_weights=args.weights, augment=aug, threads=args.threads,
+                           source_weights=dict(args.weights), augment=aug, threads=args.threads,
                            val_thresholds=tuple(args.val_thresholds), ema_decay=args.ema)
     return config, options
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def run_training(args) -> dict:
+    """Build the data a command line asks for and train (:func:`train`); return its result.
+
+    A ``--resume``/``--init`` file that is no checkpoint fails first, before minutes of data building.
+    Warnings become ``spine-train: note:`` lines; ``args.quiet`` silences them and the progress lines.
+    """
+    quiet = args.quiet
     started = {}  # checkpoint path -> its config, each file read once
-    try:
-        for path in (args.resume, args.init):
-            if path is not None:
-                started[path] = checkpoint_config(path)  # a file that is no checkpoint fails now, before the data
-        config, options = settings(args, started.get(args.init))
-    except (SpineDetError, ValueError) as exc:
-        print(f"spine-train: error: {exc}", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-    norm = dict(low_percentile=config.low_percentile, high_percentile=config.high_percentile)
-    train_sources, val_2d, val_3d = {}, {}, []
-    # the model that trains decides whether samples carry depth context: a resumed one's own, or a fine-tuned one's
-    depth = config.depth_context_um
-    if args.resume:
-        depth = started[args.resume].depth_context_um
-    elif args.init:
-        depth = depth or started[args.init].depth_context_um
-    if args.synthetic_train:
-        stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
-        train_sources[SYNTHETIC] = [
-            s for st in stacks
-            for s in samples_from_stack(st.image, st.table, SYNTHETIC, st.name, negatives=st.negatives,
-                                        context_reach=reach_slices(depth, st.voxel_size[0]) if depth > 0 else None)]
-    if args.synthetic_val:
-        # validation stacks at the model's pixel size, as the runtime would resample them
-        val_3d = synthetic_stacks(args.synthetic_val, args.synthetic_seed + 1000, args.synthetic_shape,
-                                  pixel_size_um=config.pixel_size_um, **norm)
-    if not args.no_real:
-        root = Path(args.real_root) if args.real_root else data_root() / REAL2D_MDG
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            train_sources[REAL2D_MDG] = real2d_samples("train", root, **norm)
-            val_2d[REAL2D_MDG] = real2d_samples("val", root, warn=False, **norm)
-        for w in caught[:1]:
-            print(f"[spine-train] warning: {w.message}", file=sys.stderr)
-    print(f"[spine-train] data ready in {time.perf_counter() - t0:.0f} s: "
-          + ", ".join(f"{k} {len(v)} train" for k, v in train_sources.items())
-          + (f", {len(val_3d)} synthetic val stacks" if val_3d else "")
-          + "".join(f", {k} {len(v)} val" for k, v in val_2d.items() if v), file=sys.stderr)
-    try:
-        result = train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume,
-                       init=args.init)
-    except (SpineDetError, ValueError, FloatingPointError) as exc:
-        print(f"spine-train: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"best_score": result["best"], "final": result["metrics"]}, indent=None))
-    return 0
+    for path in (args.resume, args.init):
+        if path is not None:
+            started[path] = checkpoint_config(path)  # a file that is no checkpoint fails now, before the data
+    config, options = settings(args, started.get(args.init))
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: note(TOOL, str(message), quiet)
+        t0 = time.perf_counter()
+        norm = dict(low_percentile=config.low_percentile, high_percentile=config.high_percentile)
+        train_sources, val_2d, val_3d = {}, {}, []
+        # the model that trains decides whether samples carry depth context: a resumed one's own, or a fine-tuned one's
+        depth = config.depth_context_um
+        if args.resume:
+            depth = started[args.resume].depth_context_um
+        elif args.init:
+            depth = depth or started[args.init].depth_context_um
+        if args.synthetic_train:
+            stacks = synthetic_stacks(args.synthetic_train, args.synthetic_seed, args.synthetic_shape, **norm)
+            train_sources[SYNTHETIC] = [
+                s for st in stacks
+                for s in samples_from_stack(st.image, st.table, SYNTHETIC, st.name, negatives=st.negatives,
+                                            context_reach=reach_slices(depth, st.voxel_size[0]) if depth > 0
+                                            else None)]
+        if args.synthetic_val:
+            # validation stacks at the model's pixel size, as the runtime would resample them
+            val_3d = synthetic_stacks(args.synthetic_val, args.synthetic_seed + 1000, args.synthetic_shape,
+                                      pixel_size_um=config.pixel_size_um, **norm)
+        if not args.no_real:
+            root = Path(args.real_root) if args.real_root else data_root() / REAL2D_MDG
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train_sources[REAL2D_MDG] = real2d_samples("train", root, **norm)
+                val_2d[REAL2D_MDG] = real2d_samples("val", root, warn=False, **norm)
+            for w in caught[:1]:
+                note(TOOL, str(w.message), quiet)
+        say(f"[spine-train] data ready in {time.perf_counter() - t0:.0f} s: "
+            + ", ".join(f"{k} {len(v)} train" for k, v in train_sources.items())
+            + (f", {len(val_3d)} synthetic val stacks" if val_3d else "")
+            + "".join(f", {k} {len(v)} val" for k, v in val_2d.items() if v), quiet)
+        return train(config, options, train_sources, val_2d, val_3d, out_dir=args.out, resume=args.resume,
+                     init=args.init, log=None if quiet else "stderr")
+
+
+def main() -> None:
+    """``spine-train`` (exits; see :mod:`spinedet.runtime.cliutil` for the exit codes)."""
+    run(app, TOOL)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

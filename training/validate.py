@@ -7,35 +7,40 @@
   through :class:`~spinedet.runtime.SpineDetector` exactly as ``spine-run``
   would, and scored with :func:`~spinedet.runtime.evaluate.f1_3d`;
 * per-image F1 (IoM >= 0.5) on the real2d-mdg validation images
-  (``../shared/data/real2d-mdg/val``), skipped where that folder is absent;
+  (``real2d-mdg/val`` under :func:`~spinedet.training.data.data_root`:
+  ``$SPINEDET_DATA`` or ``../shared/data``), skipped where they are absent;
 * the CPU seconds per slice spent in inference for those runs.
 
 Validation seeds are far from the training seeds, so no stack here was
 trained on.  ``--calibrate`` first chooses the model's score threshold (its
 operating point) on other synthetic stacks (:data:`CALIBRATION_SEED`) and
-real2d-mdg val, writes it into the model card, and then validates with it.
+real2d-mdg val, validates with it and, once validation has succeeded,
+writes it into the model card (the only file this command ever writes).
 numpy + onnxruntime only.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated, Optional
 
 import numpy as np
+import typer
 
+from spinedet.runtime.cliutil import (Batch, Device, DeviceName, Json, Quiet, Threads, guarded, make_app, note, run,
+                                      say)
+from spinedet.runtime.contract import ModelCard, card_path
 from spinedet.runtime.detector import SpineDetector
-from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, above, link_threshold_for
+from spinedet.runtime.postprocess import LINK_THRESHOLD, SCORE_THRESHOLD, above, link_threshold_for
 from spinedet.runtime.stacks import read_image
 from spinedet.runtime.tables import BoxTable
 from spinedet.runtime.tracking import track_slices
 
+from .data import REAL2D_MDG, data_root
 from .synth import make_stack
 
 #: name -> generator overrides: the microscope settings the card reports separately
@@ -48,8 +53,8 @@ SETTINGS = {
 }
 VALIDATION_SEED = 9_000_000  # training uses small seeds; these stacks are never trained on
 CALIBRATION_SEED = 8_000_000  # --calibrate chooses the score threshold on these, never on the validation stacks
-#: score thresholds --calibrate tries (0.5 is the paper's)
-THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+#: score thresholds --calibrate tries (0.5, the first, is the paper's)
+THRESHOLDS = tuple(round(SCORE_THRESHOLD + 0.05 * k, 2) for k in range(10))
 
 
 def _summed(scores: list[dict]) -> dict:
@@ -142,22 +147,21 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
     return out
 
 
-def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_root: Path | None = None,
-              threads: int | None = None, batch: int = 8) -> dict:
-    """Choose the model's score threshold on calibration data and write it into its card.
+def choose_threshold(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_root: Path | None = None,
+                     threads: int | None = None, batch: int = 8, device: str = "cpu") -> tuple[dict, ModelCard]:
+    """Choose the model's score threshold on calibration data; return the record and the card that holds it.
 
     Tracks are built from boxes above :data:`LINK_THRESHOLD` (the paper's
     0.5), which the card records as its ``link_threshold``; the score
     threshold a track's best box must pass is chosen: the one with the best mean of synthetic F1-3D (stacks from
     :data:`CALIBRATION_SEED`, never the validation stacks) and real2d-mdg
-    val F1 wins; ties go to the lower threshold.  The card is rewritten
-    atomically with ``score_threshold`` and the sweep under
-    ``metrics["score_threshold_calibration"]``.  Returns that record.
+    val F1 wins; ties go to the lower threshold.  The card returned is the
+    model's with ``score_threshold``, ``link_threshold`` and the sweep under
+    ``metrics["score_threshold_calibration"]``; nothing is written.
     """
-    from spinedet.runtime.contract import card_path, load_card
-    from spinedet.runtime.files import write_all
+    from spinedet.runtime.contract import load_card
 
-    detector = SpineDetector(model, batch=batch, threads=threads, score_threshold=min(THRESHOLDS),
+    detector = SpineDetector(model, device=device, batch=batch, threads=threads, score_threshold=min(THRESHOLDS),
                              link_threshold=LINK_THRESHOLD)
     sweep = threshold_sweep(detector, stacks_per_setting, shape, real_root)
     best = max(sweep, key=lambda row: (round(row["score"], 4), -row["threshold"]))
@@ -170,53 +174,112 @@ def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_roo
     card = load_card(model)
     card = replace(card, score_threshold=best["threshold"], link_threshold=LINK_THRESHOLD,
                    metrics={**card.metrics, "score_threshold_calibration": record})
+    return record, card
+
+
+def write_card(model, card: ModelCard) -> None:
+    """Replace the model's card with ``card``, atomically (:func:`~spinedet.runtime.files.write_all`)."""
+    from spinedet.runtime.files import write_all
+
     write_all({card_path(model): card.to_json() + "\n"})
+
+
+def calibrate(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_root: Path | None = None,
+              threads: int | None = None, batch: int = 8, device: str = "cpu") -> dict:
+    """Choose the model's score threshold (:func:`choose_threshold`) and write it into its card; return the record."""
+    record, card = choose_threshold(model, stacks_per_setting, shape, real_root, threads, batch, device)
+    write_card(model, card)
     return record
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="spine-validate", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="ONNX model with its card beside it")
-    p.add_argument("--stacks-per-setting", type=int, default=3)
-    p.add_argument("--slices", type=int, default=20)
-    p.add_argument("--size", type=int, default=512, help="width = height of the synthetic stacks in pixels")
-    p.add_argument("--real-root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"
-                                             / "real2d-mdg"))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--calibrate", action="store_true",
-                   help="first choose the model's score threshold on separate calibration stacks (and real2d-mdg "
-                        "val) and write it into the model card; then validate with it")
-    args = p.parse_args(argv)
-    if args.json and Path(args.json).resolve() == Path(args.model).with_suffix(".json").resolve():
-        print(f"spine-validate: error: {args.json}: that is the model's card; write the results elsewhere",
-              file=sys.stderr)
-        return 2
-    try:
+# --------------------------------------------------------------------------- command line
+
+TOOL = "spine-validate"
+app = make_app()
+
+
+@app.command()
+def spine_validate(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX model with its card (.json) beside it.")],
+    stacks_per_setting: Annotated[int, typer.Option(min=1, help="Synthetic stacks per microscope setting.")] = 3,
+    slices: Annotated[int, typer.Option(min=1, help="Slices per synthetic stack.")] = 20,
+    size: Annotated[int, typer.Option(min=1, help="Width = height of the synthetic stacks in pixels.")] = 512,
+    real_root: Annotated[Optional[Path], typer.Option(
+        help=f"{REAL2D_MDG} folder, its val split is scored where it has labels.csv (default: "
+             f"$SPINEDET_DATA/{REAL2D_MDG}, else ../shared/data/{REAL2D_MDG}).")] = None,
+    calibrate_first: Annotated[bool, typer.Option(
+        "--calibrate", help="First choose the model's score threshold on separate calibration stacks (and "
+                            f"{REAL2D_MDG} val); validate with it, then write it into the model card.")] = False,
+    device: Device = DeviceName.cpu,
+    batch: Batch = 8,
+    threads: Threads = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+):
+    """Measure an exported model through the runtime: F1-3D on fresh synthetic stacks per microscope setting, and
+    the per-image F1 on real2d-mdg val.
+
+    Writes nothing, except the model card with --calibrate (and only once everything succeeded).
+    """
+    root = real_root if real_root is not None else data_root() / REAL2D_MDG
+    shape = (slices, size, size)
+
+    def main():
         start = time.perf_counter()
-        calibration = None
-        if args.calibrate:
-            real_root = Path(args.real_root)
-            calibration = calibrate(args.model, args.stacks_per_setting, (args.slices, args.size, args.size),
-                                    real_root if real_root.is_dir() else None, args.threads, args.batch)
-        detector = SpineDetector(args.model, batch=args.batch, threads=args.threads)
-        results = {"model": args.model, "score_threshold": detector.score_threshold,
+        calibration = card = None
+        detector = SpineDetector(model, device=device.value, batch=batch, threads=threads)  # a bad model fails first
+        if not (root / "labels.csv").is_file():
+            note(TOOL, f"{root}: no labels.csv, {REAL2D_MDG} val is skipped", quiet)
+        if calibrate_first:
+            say(f"{TOOL}: calibrating the score threshold ({stacks_per_setting} stacks per setting)", quiet)
+            calibration, card = choose_threshold(model, stacks_per_setting, shape,
+                                                 root if root.is_dir() else None, threads, batch, device.value)
+            # the card's thresholds, as the runtime will read them once the card is written
+            detector = SpineDetector(model, device=device.value, batch=batch, threads=threads,
+                                     score_threshold=card.score_threshold, link_threshold=card.link_threshold)
+        say(f"{TOOL}: validating at score threshold {detector.score_threshold:g}", quiet)
+        results = {"model": str(model), "score_threshold": detector.score_threshold,
                    "link_threshold": detector.link_threshold,
                    "calibration": calibration,
-                   "synthetic_f1_3d": synthetic_f1_3d(detector, args.stacks_per_setting,
-                                                      (args.slices, args.size, args.size)),
-                   "real2d_mdg_val_f1": real2d_f1(detector, Path(args.real_root))}
+                   "synthetic_f1_3d": synthetic_f1_3d(detector, stacks_per_setting, shape),
+                   "real2d_mdg_val_f1": real2d_f1(detector, root)}
         results["seconds"] = round(time.perf_counter() - start, 1)
-    except SpineDetError as exc:
-        print(f"spine-validate: error: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+        if card is not None:  # validation succeeded: only now may the card change
+            write_card(model, card)
+            note(TOOL, f"score threshold {card.score_threshold:g} written into {card_path(model)}", quiet)
+        return results
+
+    results = guarded(TOOL, main, interrupted="interrupted; the model card was not changed")
+    if as_json:
+        typer.echo(json.dumps(results))
+    else:
+        typer.echo(summary(results))
+
+
+def summary(results: dict) -> str:
+    """The readable report of :func:`spine_validate`'s results."""
+    def scores(s: dict) -> str:
+        return (f"F1 {s['f1']:.4f}  precision {s['precision']:.4f}  recall {s['recall']:.4f}  "
+                f"(TP {s['tp']}, FP {s['fp']}, FN {s['fn']})")
+
+    synthetic = results["synthetic_f1_3d"]
+    width = max(len(name) for name in [*SETTINGS, "all settings"])
+    lines = [f"{results['model']}: score threshold {results['score_threshold']:g}, "
+             f"link threshold {results['link_threshold']:g}"
+             + (" (calibrated)" if results.get("calibration") else "")]
+    lines += [f"F1-3D  {name:<{width}}  {scores(synthetic[name])}" for name in [*SETTINGS, "all settings"]]
+    real = results["real2d_mdg_val_f1"]
+    lines.append(f"{REAL2D_MDG} val ({real['images']} images)  {scores(real)}" if real is not None
+                 else f"{REAL2D_MDG} val: skipped (no labels)")
+    lines.append(f"inference {synthetic['inference_seconds_per_slice'] * 1000:.1f} ms per slice; "
+                 f"{results['seconds']:.1f} s in all")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """``spine-validate`` (exits; see :mod:`spinedet.runtime.cliutil` for the exit codes)."""
+    run(app, TOOL)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
