@@ -40,7 +40,9 @@ def slices(card, count: int) -> np.ndarray:
     from spinedet.training.parity import builtin_inputs
 
     made = builtin_inputs(card.input_size, card.channels, count=count, seed=11)
-    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "real2d-mdg"
+    from spinedet.training.data import data_root
+
+    real = data_root() / "real2d-mdg"
     if real.is_dir():
         from spinedet.training.data import real2d_samples
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from spinedet.training.data import data_root
 from spinedet.training.parity import builtin_inputs, compare
 from spinedet.runtime.backends import OnnxRuntimeBackend
 from spinedet.runtime.contract import load_card
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real2d-mdg"
+SHARED = data_root() / "real2d-mdg"  # $SPINEDET_DATA or ../shared/data
 
 
 def real_inputs(size, channels):

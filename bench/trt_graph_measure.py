@@ -28,8 +28,9 @@ import torchvision
 
 from spinedet.export import graph
 from spinedet.export.graph import ExportableDetector, cluster_nms
+from spinedet.training.data import data_root
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real2d-mdg"
+SHARED = data_root() / "real2d-mdg"  # $SPINEDET_DATA or ../shared/data
 
 
 def iterations_to_greedy(boxes, valid, reference, threshold, groups=None, limit=64):
