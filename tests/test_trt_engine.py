@@ -132,9 +132,8 @@ def test_the_two_shipped_flavours_agree_on_onnxruntime(shipped_trt, shared_data_
     assert r["detections"] > 50 and r["matched"] / r["detections"] >= 0.99, r
 
 
-@pytest.mark.slow
 def test_tensorrt_rtx_builds_the_shipped_engine_on_this_machine(shipped_trt, tmp_path):
-    """TensorRT for RTX builds engines ahead of time without a GPU: the real build, cached and then reused."""
+    """TensorRT for RTX builds engines ahead of time without a GPU: the real build (3 s), cached and then reused."""
     pytest.importorskip("tensorrt_rtx", reason="pip install 'spinedet[trt]' brings TensorRT for RTX")
     card = load_card(shipped_trt)
     engine, key, path, built = build_cached(shipped_trt, card.precision, (card.channels, *card.input_size), 8, tmp_path)
