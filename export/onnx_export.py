@@ -89,7 +89,8 @@ def export_onnx(source, out_path, fp16: bool = False, check: bool = True, name: 
     if proposals is not None and proposals < 1:
         raise SpineDetError(f"--proposals must be at least 1, got {proposals}")
     from_onnx = source.suffix.lower() == ".onnx"
-    if out_path.resolve() == source.resolve() or (from_onnx and card_path(out_path).resolve() == card_path(source).resolve()):
+    same_card = from_onnx and card_path(out_path).resolve() == card_path(source).resolve()
+    if out_path.resolve() == source.resolve() or same_card:
         raise SpineDetError("the export would overwrite the model it is made from; choose another --name or --out",
                             out_path)
     model, config, kept = _source_model(source)

@@ -45,7 +45,8 @@ def spine_run(
     max_area: float = typer.Option(MAX_AREA_UM2, help="Drop boxes larger than this area, in µm²."),
     mip: bool = typer.Option(False, "--mip", help="Detect on the maximum-intensity projection (fast 2D mode)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write a PNG of the projection with numbered boxes."),
-    overlay_scores: bool = typer.Option(False, "--overlay-scores", help="Write each spine's best score in the overlay."),
+    overlay_scores: bool = typer.Option(False, "--overlay-scores",
+                                        help="Write each spine's best score in the overlay."),
     quiet: Quiet = False,
 ):
     """Detect dendritic spines in 3D stacks (or 2D images) and write CSV tables and a JSON summary per input."""

@@ -36,8 +36,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on std
 Json = Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")]
 #: the devices, as a choice on the command line
 DeviceName = Enum("DeviceName", {name: name for name in DEVICES}, type=str)
-Device = Annotated[DeviceName, typer.Option("--device",
-                                            help="cpu, cuda or tensorrt (onnxruntime), trt (a TensorRT engine) or auto.")]
+Device = Annotated[DeviceName, typer.Option(
+    "--device", help="cpu, cuda or tensorrt (onnxruntime), trt (a TensorRT engine) or auto.")]
 Batch = Annotated[int, typer.Option("--batch", min=1, help="Slices (or tiles) per inference call.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]

@@ -427,7 +427,7 @@ class SliceStream:
         return self._search(final=False)
 
     def add_detections(self, z: int, image, boxes, scores) -> list[Spine]:
-        """Track one slice's post-processed detections (found elsewhere); ``image`` is the raw slice, for fluorescence."""
+        """Track one slice's post-processed detections (found elsewhere); ``image``: the raw slice (fluorescence)."""
         values = box_fluorescence(np.asarray(image), boxes)
         self._next_z = max(self._next_z, z + 1)
         return self._spines(self.tracker.add_slice(z, boxes, scores, values))

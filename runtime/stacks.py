@@ -317,7 +317,8 @@ def _slice_selector(axes, shape, layout, channel, reader, path):
 
 def _channels_equal(pick, n_channels, depth) -> bool:
     """True if a colour image is grey stored as colour (R, G, B nearly equal, checked on up to 3 slices)."""
-    return all(grey_channels([pick(k, c) for c in range(min(n_channels, 3))]) for k in sorted({0, depth // 2, depth - 1}))
+    picks = sorted({0, depth // 2, depth - 1})
+    return all(grey_channels([pick(k, c) for c in range(min(n_channels, 3))]) for k in picks)
 
 
 def grey_channels(channels) -> bool:

@@ -162,7 +162,8 @@ def test_cli_exports_into_a_folder_and_fails_cleanly(checkpoint, tmp_path):
 def test_engine_needs_the_tensorrt_flavour(checkpoint, tmp_path):
     result = CliRunner().invoke(app, [str(checkpoint[0]), "--out", str(tmp_path), "--no-check", "--engine", "-q"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "spine-export: error: --engine builds from the tensorrt flavour: add --target tensorrt"
+    assert result.stderr.strip() == ("spine-export: error: --engine builds from the tensorrt flavour: "
+                                     "add --target tensorrt")
     assert not list(tmp_path.glob("*.onnx"))
 
 

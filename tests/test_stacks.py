@@ -60,7 +60,8 @@ def test_plain_tiff_without_metadata_has_unknown_voxel_size_and_72_dpi_is_ignore
     tifffile.imwrite(path, ramp_stack(dtype=np.uint8), resolution=(72, 72), resolutionunit="INCH")
     with open_stack(path) as stack:
         assert stack.voxel_size.x_um is None and stack.shape == (6, 40, 50)
-        assert "72 pixels per inch" in stack.voxel_size.ignored and "print or display setting" in stack.voxel_size.ignored
+        ignored = stack.voxel_size.ignored
+        assert "72 pixels per inch" in ignored and "print or display setting" in ignored
 
 
 def test_resolution_tags_in_centimetres(tmp_path):

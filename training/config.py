@@ -107,7 +107,7 @@ class ModelConfig:
         return get_backbone(self.backbone).grey_stats[1]
 
     def to_card(self, **fields_):
-        """The runtime's :class:`~spinedet.runtime.contract.ModelCard` for this model (extra fields: name, metrics, ...)."""
+        """The runtime's :class:`~spinedet.runtime.contract.ModelCard` for this model (extra fields: name, metrics...)."""
         from spinedet.runtime.contract import ModelCard
 
         return ModelCard(input_size=self.input_size, pixel_size_um=self.pixel_size_um,
