@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .boxes import as_boxes, greedy_pairs, iom
+from .postprocess import above, link_threshold_for
 from .tables import BoxTable
 
 LINK_IOM = 0.5
@@ -151,6 +152,22 @@ def track_slices(detections, link_iom: float = LINK_IOM, max_misses: int = MAX_M
         tracks += tracker.add_slice(z, boxes, scores)
     tracks += tracker.finish()
     return tracks_to_table(tracks)
+
+
+def track_confirmed(detections, score_threshold: float, link_threshold: float | None = None,
+                    link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES) -> BoxTable:
+    """The spines of a stack at ``score_threshold`` from its filtered per-slice detections: link, track, confirm.
+
+    Boxes above the link threshold (:func:`~spinedet.runtime.postprocess.link_threshold_for`;
+    None: ``score_threshold``) are tracked, and a track is kept when one of
+    its boxes scores above ``score_threshold``: what :class:`SpineDetector`
+    finds at those thresholds.  detections: ``[(boxes, scores), ...]`` per
+    slice, filtered (area cap, NMS) at or below the link threshold; by
+    :func:`~spinedet.runtime.postprocess.above` the result equals filtering
+    at the link threshold itself, so one model run serves every threshold.
+    """
+    kept = above(detections, link_threshold_for(score_threshold, link_threshold))
+    return track_slices(kept, link_iom, max_misses, min_peak_score=score_threshold)
 
 
 def tracks_to_table(tracks, stack: str = "") -> BoxTable:

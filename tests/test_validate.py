@@ -116,7 +116,7 @@ def test_raising_the_threshold_afterwards_equals_detecting_at_it(blob_model):
     """The sweep's shortcut: filter post-processed detections and re-track == run the detector at that threshold."""
     from spinedet.runtime.detector import SpineDetector
     from spinedet.training.synth import make_stack
-    from spinedet.training.validate import tracked_above
+    from spinedet.runtime.tracking import track_confirmed
 
     stack = make_stack(4, shape=(6, 128, 128), pixel_size_um=0.1, signal_photons=100.0)
     low = SpineDetector(blob_model, score_threshold=0.5)
@@ -124,13 +124,13 @@ def test_raising_the_threshold_afterwards_equals_detecting_at_it(blob_model):
     compared, linked_differs = 0, False
     for t in (0.5, 0.6, 0.75, 0.9):
         direct = SpineDetector(blob_model, score_threshold=t).detect(stack.image, voxel_size=stack.voxel_size).table
-        again = tracked_above(found, t, low)
+        again = track_confirmed(found, t, None, low.link_iom, low.max_misses)
         assert _tracks(direct) == _tracks(again)
         compared += len(direct)
         # tracks built from boxes above 0.5, kept if a box passes t
         direct_linked = SpineDetector(blob_model, score_threshold=t, link_threshold=0.5).detect(
             stack.image, voxel_size=stack.voxel_size).table
-        assert _tracks(direct_linked) == _tracks(tracked_above(found, t, low, link_threshold=0.5))
+        assert _tracks(direct_linked) == _tracks(track_confirmed(found, t, 0.5, low.link_iom, low.max_misses))
         linked_differs |= _tracks(direct_linked) != _tracks(direct)
     assert compared > 0 and linked_differs
 

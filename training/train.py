@@ -18,7 +18,7 @@ on whole images, post-processes with the runtime's own
 :func:`~spinedet.runtime.postprocess.filter_detections`, and scores with the
 runtime's :func:`~spinedet.runtime.evaluate.f1_2d` per source and, on
 synthetic validation stacks, tracks with
-:func:`~spinedet.runtime.tracking.track_slices` and scores
+:func:`~spinedet.runtime.tracking.track_confirmed` and scores
 :func:`~spinedet.runtime.evaluate.f1_3d`: one implementation of the metrics.
 Every score threshold of ``--val-thresholds`` is tried on the same
 detections and the metrics are reported at the best one: a model ships with
@@ -57,7 +57,7 @@ from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
 from spinedet.runtime.postprocess import (LINK_THRESHOLD, MAX_AREA_UM2, NMS_IOM, SCORE_THRESHOLD, above,
                                           filter_detections, link_threshold_for, max_area_pixels)
-from spinedet.runtime.tracking import track_slices
+from spinedet.runtime.tracking import track_confirmed
 
 from .augment import AugmentConfig, augment
 from .averaging import WeightAverage
@@ -155,7 +155,7 @@ def evaluate_3d(model, stacks: list[ValStack], options: TrainOptions, threshold:
     totals3, pred_2d, gt_2d = {"tp": 0, "fp": 0, "fn": 0}, [], []
     for stack, found in zip(stacks, raw):
         linked = _post(found, options, link_threshold_for(threshold, LINK_THRESHOLD))
-        table = track_slices(linked, min_peak_score=threshold)
+        table = track_confirmed(linked, threshold, LINK_THRESHOLD)
         post = above(linked, threshold)
         result = f1_3d(table, stack.table)
         for k in totals3:

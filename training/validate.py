@@ -35,10 +35,9 @@ from spinedet.runtime.cliutil import (Batch, Device, DeviceName, Json, Quiet, Th
 from spinedet.runtime.contract import ModelCard, card_path
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
-from spinedet.runtime.postprocess import LINK_THRESHOLD, SCORE_THRESHOLD, above, link_threshold_for
+from spinedet.runtime.postprocess import LINK_THRESHOLD, SCORE_THRESHOLD, above
 from spinedet.runtime.stacks import read_image
-from spinedet.runtime.tables import BoxTable
-from spinedet.runtime.tracking import track_slices
+from spinedet.runtime.tracking import track_confirmed
 
 from .data import REAL2D_MDG, data_root
 from .synth import make_stack
@@ -96,21 +95,6 @@ def real2d_f1(detector: SpineDetector, root: Path) -> dict | None:
     return {**f1_2d(predictions, truths), "images": len(images)}
 
 
-def tracked_above(detections: list, threshold: float, detector: SpineDetector,
-                  link_threshold: float | None = None) -> BoxTable:
-    """What the detector finds at score threshold ``threshold`` (and ``link_threshold``), from its slice detections.
-
-    detections: from :meth:`SpineDetector.slice_detections` of a detector
-    whose link threshold is at most both thresholds.  Boxes above
-    ``min(link_threshold, threshold)`` (None: ``threshold``) are tracked and
-    tracks with a box above ``threshold`` kept.  By
-    :func:`~spinedet.runtime.postprocess.above` this equals running the
-    detector at those thresholds (tested), without running the model again.
-    """
-    kept = above(detections, link_threshold_for(threshold, link_threshold))
-    return track_slices(kept, detector.link_iom, detector.max_misses, min_peak_score=threshold)
-
-
 def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, real_root: Path | None,
                     thresholds=THRESHOLDS, seed: int = CALIBRATION_SEED,
                     link_threshold: float = LINK_THRESHOLD) -> list[dict]:
@@ -129,7 +113,7 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
             stack = make_stack(seed + 100 * k + j, shape=shape, **overrides)
             found = detector.slice_detections(stack.image, stack.voxel_size)
             for t in thresholds:
-                synthetic[t].append(f1_3d(tracked_above(found, t, detector, link_threshold), stack.table))
+                synthetic[t].append(f1_3d(track_confirmed(found, t, link_threshold, detector.link_iom, detector.max_misses), stack.table))
     real = {t: None for t in thresholds}
     if real_root is not None and (real_root / "labels.csv").is_file():
         from .labels import load_real2d_mdg
