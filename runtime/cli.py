@@ -47,6 +47,7 @@ def spine_run(
     overlay: bool = typer.Option(False, "--overlay", help="Also write a PNG of the projection with numbered boxes."),
     overlay_scores: bool = typer.Option(False, "--overlay-scores",
                                         help="Write each spine's best score in the overlay."),
+    rois: bool = typer.Option(False, "--roi", help="Also write Fiji ROIs (<stem>_rois.zip), one per spine per slice."),
     quiet: Quiet = False,
 ):
     """Detect dendritic spines in 3D stacks (or 2D images) and write CSV tables and a JSON summary per input."""
@@ -74,7 +75,8 @@ def spine_run(
             stems[stem] = stems.get(stem, 0) + 1
             if stems[stem] > 1:  # two inputs with one name must not overwrite each other
                 stem = f"{stem}-{stems[stem]}"
-            files = report_files(result, path, out, stem, detector.model_path, settings, overlay, overlay_scores)
+            files = report_files(result, path, out, stem, detector.model_path, settings, overlay, overlay_scores,
+                                 rois)
             write_all(files)
             progress.close()
             for text in result.notes:

@@ -4,6 +4,7 @@
                        ``spine_id,z,xmin,ymin,xmax,ymax,score`` (pixels)
 ``<stem>_spines.csv``  one row per spine (columns in :data:`SPINE_COLUMNS`)
 ``<stem>_summary.json``  input, voxel size, model, settings, counts, timings
+``<stem>_rois.zip``      (optional) Fiji ROIs, one rectangle per spine per slice (:mod:`~spinedet.runtime.rois`)
 ``<stem>_overlay.png``   (optional) maximum projection with numbered boxes (:mod:`~spinedet.runtime.overlay`)
 
 :func:`report_files` builds them in memory; the caller writes them with
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .overlay import overlay_png
+from .rois import rois_zip_bytes
 from .tables import boxes_csv_text
 
 SPINE_COLUMNS = ("spine_id", "z_first", "z_last", "n_detected", "xmin", "ymin", "xmax", "ymax", "mean_score",
@@ -62,7 +64,7 @@ def summary(result, source: Path, model_path: Path, settings: dict) -> dict:
 
 
 def report_files(result, source: Path, out_dir: Path, stem: str, model_path: Path, settings: dict,
-                 overlay: bool = False, overlay_scores: bool = False) -> dict:
+                 overlay: bool = False, overlay_scores: bool = False, rois: bool = False) -> dict:
     """``{path: contents}`` of every output file for one input."""
     out_dir = Path(out_dir)
     files = {
@@ -70,6 +72,8 @@ def report_files(result, source: Path, out_dir: Path, stem: str, model_path: Pat
         out_dir / f"{stem}_spines.csv": spines_csv_text(result.spines),
         out_dir / f"{stem}_summary.json": json.dumps(summary(result, source, model_path, settings), indent=2) + "\n",
     }
+    if rois:
+        files[out_dir / f"{stem}_rois.zip"] = rois_zip_bytes(result.table, settings.get("channel"))
     if overlay:
         files[out_dir / f"{stem}_overlay.png"] = overlay_png(result.projection, result.spines, overlay_scores)
     return files
