@@ -187,7 +187,7 @@ class TensorRTBackend(Backend):
         outs = {name: np.empty((b, *self._shapes[name]), np.float32) for name in OUTPUT_NAMES}
         cuda_check(cudart.cudaMemcpyAsync(self._buffers[INPUT_NAME], batch.ctypes.data, batch.nbytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "copy to GPU")
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(int(self.stream)):
             raise SpineDetError("TensorRT inference failed", self.path)
         for name, out in outs.items():
             cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name], out.nbytes,
