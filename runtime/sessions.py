@@ -624,8 +624,8 @@ def add_session(series: SessionSeries, spines: SessionSpines, volume, name: str 
         raise SpineDetError(f"{name}: voxel size {_size_text(spines.voxel_size)} differs from the first session's "
                             f"{_size_text(first.voxel_size)}; pass --pixel-size and --z-step if they are the same")
     if (spines.shape[0] == 1) != (first.shape[0] == 1):
-        raise SpineDetError(f"{name}: a single image cannot be compared with z-stacks "
-                            f"(shape {spines.shape} vs the first session's {first.shape})")
+        raise SpineDetError(f"{name}: single images and z-stacks cannot be compared "
+                            f"(shape {spines.shape}, the first session's {first.shape})")
     image = registration_image(volume)
     _check_shape(spines, image, name)
     settings = series.settings

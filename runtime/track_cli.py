@@ -150,8 +150,8 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
             raise SpineDetError(f"session {k}: {label}: voxel size {_voxel_text(voxel)} differs from session 0's "
                                 f"{_voxel_text(first_voxel)}; if they are the same, pass --pixel-size and --z-step")
         if (shape[0] == 1) != (shapes[0][0] == 1):
-            raise SpineDetError(f"session {k}: {label}: a single image (shape {shape}) cannot be compared with "
-                                f"z-stacks (session 0: {shapes[0]})")
+            raise SpineDetError(f"session {k}: {label}: single images and z-stacks cannot be compared (shape "
+                                f"{shape}, session 0: {shapes[0]})")
     notes = []
     px = first_voxel.x_um or detector.card.pixel_size_um
     dz = first_voxel.z_um or ASSUMED_Z_STEP_UM
@@ -169,14 +169,17 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
             try:
                 result = detector.detect(stack, projection=overlay, progress=progress)
                 spines = session_spines(result, voxel_size)
+            except SpineDetError as exc:
+                raise SpineDetError(f"session {k}: {exc.with_path(label)}") from None
+            finally:
+                progress.close()
+            try:  # these errors name the session (label) themselves
                 if series is None:
                     series = start_series(spines, stack, label, max_distance, max_gap, reference, max_rotation)
                 else:
                     series = add_session(series, spines, stack, label)
             except SpineDetError as exc:
-                raise SpineDetError(f"session {k}: {exc.with_path(label)}") from None
-            finally:
-                progress.close()
+                raise SpineDetError(f"session {k}: {exc}") from None
         results.append(result)
         reg = series.registrations[-1]
         where = "" if k == 0 else (f"; shift x {reg.shift_um[2]:+.2f} y {reg.shift_um[1]:+.2f} z {reg.shift_um[0]:+.2f} "
