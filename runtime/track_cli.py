@@ -71,7 +71,8 @@ def spine_track(
     out: Out = Path("."),
     name: str = typer.Option("series", metavar="NAME", help="File names: NAME_observations.csv, ..."),
     max_distance: float = typer.Option(MAX_DISTANCE_UM, "--max-distance", metavar="UM",
-                                       help="Spines farther apart than this after registration (µm) are never linked."),
+                                       help="Spines farther apart than this after registration are never "
+                                            "linked (µm; a difference in depth counts half)."),
     max_gap: int = typer.Option(MAX_GAP, "--max-gap", min=0, metavar="N",
                                 help="Sessions in a row a spine may be missed and keep its identity."),
     reference: str = typer.Option("first", "--reference", metavar="first|previous",
