@@ -308,6 +308,18 @@ def test_spine_track_reads_a_folder_and_a_time_series_tiff(blob_series, blob_mod
     assert json.loads((tmp_path / "c" / "series_summary.json").read_text())["inputs"][2] == f"{series_tif}[t=2]"
 
 
+def test_sessions_of_different_sizes_are_compared(blob_series, blob_model, tmp_path):
+    """Another session's stack may be larger (more slices, a wider field): the smaller is padded to register."""
+    larger = write_tiff(tmp_path / "larger.tif", blob_session(1, size=140, depth=13))
+    result = track(blob_series[0], larger, blob_series[2], "--model", blob_model, "--out", tmp_path / "o",
+                   "--max-rotation", "0")
+    assert result.exit_code == 0, result.output
+    assert "11 spines over 3 sessions: 9 stable, 1 gained, 1 lost" in result.stderr
+    sessions = list(csv.DictReader((tmp_path / "o" / "series_sessions.csv").open()))
+    assert float(sessions[1]["shift_x_um"]) == pytest.approx(0.63, abs=0.03)
+    assert float(sessions[1]["shift_z_um"]) == pytest.approx(-0.5, abs=0.1)
+
+
 def _one_line_no_output(result, out, *words):
     """Exit code 1, one error line (the sessions done before it have their progress line), no file written."""
     assert result.exit_code == 1, result.output
@@ -458,6 +470,10 @@ def test_series_metric_refuses_mismatched_series(tmp_path):
     pred = write_hand_series(tmp_path / "p", "series", [[(1, 1, "A")], [(1, 1, "A")], [(1, 1, "A")]])
     result = CliRunner().invoke(eval_app, ["sessions", "--gt", str(truth), "--pred", str(pred)])
     assert result.exit_code == 2 and "2 sessions" in result.output and "3" in result.output
+    for bad in (tmp_path / "nothing_observations.csv", tmp_path / "gt_s0_boxes.csv"):
+        result = CliRunner().invoke(eval_app, ["sessions", "--gt", str(bad), "--pred", str(pred)])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert result.stderr.startswith("spine-eval: error: ")
 
 
 # --- the synthetic series -----------------------------------------------------------------------------------------
