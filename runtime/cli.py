@@ -117,7 +117,8 @@ def spine_eval(
 ):
     """Score detections against ground truth with the paper's F1-3D (and the per-slice F1).
 
-    Subcommand `consensus` builds ground truth from several annotators.
+    Subcommand `consensus` builds ground truth from several annotators; `sessions` scores a tracked series
+    (spine-track) against ground truth.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -183,6 +184,41 @@ def consensus_command(
     agreed = guarded("spine-eval", main)
     say(f"{len(set(zip(agreed.stack.tolist(), agreed.spine_id.tolist())))} spines agreed by at least "
         f"{min_votes} of {len(annotations)} annotators -> {target}", quiet)
+
+
+@eval_app.command("sessions")
+def sessions_command(
+    gt: Path = typer.Option(..., "--gt", help="Ground-truth series: its NAME_observations.csv (NAME_s<k>_boxes.csv "
+                                              "beside it), its prefix, or its folder."),
+    pred: Path = typer.Option(..., "--pred", help="spine-track's output: NAME_observations.csv, prefix or folder."),
+    as_json: Json = False,
+    match_iom: float = typer.Option(MATCH_IOM, help="3D IoM at which a detection is a true spine, per session."),
+    quiet: Quiet = False,
+):
+    """Score a tracked series: true same-spine pairs in consecutive sessions linked, false links, gained/lost.
+
+    See spinedet.runtime.evaluate_sessions for the definitions.
+    """
+    from .evaluate_sessions import score_series
+    from .session_reports import read_series
+
+    s = guarded("spine-eval", lambda: score_series(read_series(gt), read_series(pred), match_iom))
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+
+    def ratio(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    typer.echo(f"linking accuracy {ratio(s['linking_accuracy'])}  ({s['linked_pairs']} of {s['detected_pairs']} true "
+               f"pairs in consecutive sessions whose spines were both detected; pair recall "
+               f"{ratio(s['pair_recall'])} of all {s['true_pairs']})")
+    typer.echo(f"links {s['links']}: correct {s['correct_links']}, false {s['false_links']}, half-matched "
+               f"{s['half_matched_links']}, spurious {s['spurious_links']} (link precision {ratio(s['link_precision'])})")
+    for key in ("gained", "lost"):
+        t = s[key]
+        error = "n/a" if t["error"] is None else f"{100 * t['error']:.1f} %"
+        typer.echo(f"{key} {t['pred']} (true {t['true']}, error {error})")
 
 
 def run_main():

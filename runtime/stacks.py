@@ -10,7 +10,10 @@ with the voxel size in µm.  Accepted inputs:
 * RGB(A) images (TIFF or PNG): read as grey when the colour channels are
   equal (as the paper's example slices are), otherwise ``channel=`` picks one;
 * a folder of per-slice PNG files named like the paper's data,
-  ``<name>-<NN>.png``, where NN is the slice index.
+  ``<name>-<NN>.png``, where NN is the slice index;
+* one time point of a time series (``TZYX``, e.g. chronic imaging sessions
+  saved as one hyperstack) with ``time_point=``; without it a time series is
+  refused, since a detector reads one z-stack at a time.
 
 Slices are read one at a time: from uncompressed contiguous TIFF data by
 reading just that slice's bytes (not a memory map, whose touched pages would
@@ -48,10 +51,13 @@ class Stack:
     len(stack): number of slices Z; stack[k]: slice k as a ``(Y, X)`` array.
     shape: ``(Z, Y, X)``.  z_index: the slice number of each slice (0..Z-1,
     or the numbers in per-slice file names).  is_2d: the input was one image.
+    time_points: how many time points the file holds (1 unless it is a time
+    series); time_point: the one this stack reads (0-based; None for a file
+    without a time axis).
     """
 
     def __init__(self, path, name, shape, dtype, voxel_size, read_slice, z_index=None, is_2d=False,
-                 closer=None, axes=""):
+                 closer=None, axes="", time_points=1, time_point=None):
         self.path = Path(path)
         self.name = name
         self.shape = tuple(int(v) for v in shape)
@@ -60,6 +66,8 @@ class Stack:
         self.z_index = list(range(self.shape[0])) if z_index is None else list(z_index)
         self.is_2d = is_2d
         self.axes = axes
+        self.time_points = int(time_points)
+        self.time_point = time_point
         self._read_slice = read_slice
         self._closer = closer
 
@@ -97,21 +105,28 @@ class Stack:
 
 
 def open_stack(path, channel: int | None = None, pixel_size: float | None = None,
-               z_step: float | None = None) -> Stack:
+               z_step: float | None = None, time_point: int | None = None) -> Stack:
     """Open a TIFF/PNG image or stack, or a folder of per-slice PNGs, for slice-by-slice reading.
 
     channel: which channel of a multi-channel (ZCYX, CYX) or true-colour
         image to read (0-based).
     pixel_size, z_step: override the voxel size in µm from the file's metadata.
+    time_point: which time point of a time series (``TZYX``, ``TZCYX``) to
+        read (0-based); ``stack.time_points`` says how many the file has.
+        Without it a time series is refused.  A file without a time axis
+        has one time point, 0.
     """
     path = Path(path)
     for value, name in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
         if value is not None and not value > 0:
             raise SpineDetError(f"{name} must be a positive number of µm, got {value}")
+    if time_point is not None and time_point < 0:
+        raise SpineDetError(f"time point must be 0 or more, got {time_point}")
     if not path.exists():
         raise SpineDetError("no such file or folder", path)
     if path.is_dir():
         stack = _open_png_folder(path, channel)
+        _only_time_point(stack, time_point)
     else:
         try:
             with open(path, "rb") as handle:
@@ -121,9 +136,10 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
         if not magic:
             raise SpineDetError("file is empty", path)
         if magic[:4] in _TIFF_MAGIC:
-            stack = _open_tiff(path, channel)
+            stack = _open_tiff(path, channel, time_point)
         elif magic == _PNG_MAGIC:
             stack = _open_png(path, channel)
+            _only_time_point(stack, time_point)
         else:
             raise SpineDetError("not a TIFF or PNG image (unrecognised file contents)", path)
     if pixel_size is not None or z_step is not None:
@@ -132,6 +148,12 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
                                      "command line" if old.source == "unknown" else old.source + " + command line",
                                      old.ignored if pixel_size is None else "")
     return stack
+
+
+def _only_time_point(stack: Stack, time_point) -> None:
+    """Refuse a time point other than 0 of an input without a time axis."""
+    if time_point not in (None, 0):
+        raise SpineDetError(f"time point {time_point} does not exist: the input is not a time series", stack.path)
 
 
 def read_image(path, channel: int | None = None) -> np.ndarray:
@@ -165,7 +187,7 @@ class _TiffComplaints(logging.Handler):
         logger.propagate = self._propagate
 
 
-def _open_tiff(path: Path, channel):
+def _open_tiff(path: Path, channel, time_point=None):
     import tifffile
 
     with _TiffComplaints() as complaints:
@@ -174,7 +196,7 @@ def _open_tiff(path: Path, channel):
         except Exception as exc:
             raise SpineDetError(f"not a readable TIFF file ({exc})", path) from None
         try:
-            stack = _tiff_stack(tif, path, channel)
+            stack = _tiff_stack(tif, path, channel, time_point)
         except SpineDetError:
             tif.close()
             raise
@@ -188,7 +210,7 @@ def _open_tiff(path: Path, channel):
     return stack
 
 
-def _tiff_stack(tif, path: Path, channel):
+def _tiff_stack(tif, path: Path, channel, time_point=None):
     if not tif.series or not tif.pages:
         raise SpineDetError("TIFF holds no image", path)
     series = tif.series[0]
@@ -198,24 +220,33 @@ def _tiff_stack(tif, path: Path, channel):
         raise SpineDetError(f"unsupported pixel type {dtype}", path)
     if "Y" not in axes or "X" not in axes or min(shape) == 0:
         raise SpineDetError(f"TIFF series has no 2D image (axes {axes}, shape {shape})", path)
-    layout = _axis_layout(axes, shape, path)
+    layout = _axis_layout(axes, shape, path, time_point)
     reader = _tiff_reader(tif, series, path)
     select = _slice_selector(axes, shape, layout, channel, reader, path)
     depth = shape[layout["depth"]] if layout["depth"] is not None else 1
     ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
     return Stack(path, path.name.split(".")[0], (depth, ny, nx), dtype, _tiff_voxel_size(tif), select,
-                 is_2d=layout["depth"] is None, closer=tif.close, axes=axes)
+                 is_2d=layout["depth"] is None, closer=tif.close, axes=axes,
+                 time_points=shape[layout["time"]] if layout["time"] is not None else 1,
+                 time_point=layout["time_point"])
 
 
-def _axis_layout(axes: str, shape, path):
-    """Which axis is depth and which is channel; refuse time series and >1 depth axis."""
-    layout = {"depth": None, "channel": None}
+def _axis_layout(axes: str, shape, path, time_point=None):
+    """Which axis is depth, channel and time; refuse a time series without ``time_point`` and >1 depth axis.
+
+    ``layout["time_point"]``: the time index read (None where the file has no time axis).
+    """
+    layout = {"depth": None, "channel": None, "time": None, "time_point": None}
     for k, letter in enumerate(axes):
         if letter in "YX":
             continue
-        if letter == "T" and shape[k] > 1:
-            raise SpineDetError(f"time series with {shape[k]} time points (axes {axes}, shape {shape}); "
-                                "spinedet reads one z-stack at a time: save each time point separately", path)
+        if letter == "T":
+            if shape[k] > 1 and time_point is None:
+                raise SpineDetError(f"time series with {shape[k]} time points (axes {axes}, shape {shape}); "
+                                    "spinedet reads one z-stack at a time: save each time point separately "
+                                    "(spine-track follows spines across them)", path)
+            layout["time"] = k
+            continue
         if letter in "CS":
             if layout["channel"] is not None:
                 raise SpineDetError(f"{len(shape)}D data with two channel axes (axes {axes}, shape {shape})", path)
@@ -225,6 +256,15 @@ def _axis_layout(axes: str, shape, path):
                 raise SpineDetError(f"{len(shape)}D data (axes {axes}, shape {shape}); expected a z-stack "
                                     "ZYX, ZCYX with --channel, or a 2D image", path)
             layout["depth"] = k
+    if layout["time"] is not None:
+        n_times = shape[layout["time"]]
+        layout["time_point"] = 0 if time_point is None else int(time_point)
+        if layout["time_point"] >= n_times:
+            raise SpineDetError(f"time point {time_point} does not exist: the file has {n_times} "
+                                f"(0-{n_times - 1}; axes {axes}, shape {shape})", path)
+    elif time_point not in (None, 0):
+        raise SpineDetError(f"time point {time_point} does not exist: the file is not a time series "
+                            f"(axes {axes}, shape {shape})", path)
     return layout
 
 
@@ -296,8 +336,9 @@ def _slice_selector(axes, shape, layout, channel, reader, path):
                             f"channel{'s' if n_channels > 1 else ''} (axes {axes})", path)
 
     def pick(k, c):
-        return reader(tuple(k if a == layout["depth"] else c if a == c_axis else
-                            slice(None) if letter in "YX" else 0 for a, letter in enumerate(axes)))
+        return reader(tuple(k if a == layout["depth"] else c if a == c_axis else layout["time_point"]
+                            if a == layout["time"] else slice(None) if letter in "YX" else 0
+                            for a, letter in enumerate(axes)))
 
     if c_axis is None or n_channels == 1:
         return lambda k: pick(k, 0)

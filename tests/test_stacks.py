@@ -227,3 +227,34 @@ def test_truncated_tiffs_are_refused(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(SpineDetError, match="no such file"):
         open_stack(tmp_path / "nope.tif")
+
+
+def test_time_point_of_a_time_series(tmp_path):
+    """spine-track reads a TZYX series one time point at a time; without time_point it is refused as before."""
+    data = ramp_stack(z=4)[None] + np.arange(3, dtype=np.uint16)[:, None, None, None] * 1000
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(10, 10), metadata={"axes": "TZYX", "spacing": 0.5,
+                                                                             "unit": "um"})
+    for t in range(3):
+        with open_stack(path, time_point=t) as stack:
+            assert stack.shape == data.shape[1:] and stack.time_points == 3 and stack.time_point == t
+            assert np.array_equal(np.stack(list(stack)), data[t])
+            assert stack.voxel_size.x_um == pytest.approx(0.1) and stack.voxel_size.z_um == pytest.approx(0.5)
+    with pytest.raises(SpineDetError, match="time series with 3 time points.*save each time point separately"):
+        open_stack(path)
+    with pytest.raises(SpineDetError, match="time point 3 does not exist: the file has 3"):
+        open_stack(path, time_point=3)
+    compressed = tmp_path / "zipped.tif"
+    tifffile.imwrite(compressed, data, compression="zlib", photometric="minisblack", metadata={"axes": "TZYX"})
+    with open_stack(compressed, time_point=2) as stack:
+        assert np.array_equal(np.stack(list(stack)), data[2])
+    channels = tmp_path / "tzcyx.tif"
+    tifffile.imwrite(channels, np.stack([data, data + 7], axis=2), imagej=True, metadata={"axes": "TZCYX"})
+    with open_stack(channels, time_point=1, channel=1) as stack:
+        assert np.array_equal(np.stack(list(stack)), data[1] + 7)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, data[0], imagej=True, metadata={"axes": "ZYX"})
+    with open_stack(plain, time_point=0) as stack:
+        assert stack.time_points == 1 and stack.time_point is None
+    with pytest.raises(SpineDetError, match="not a time series"):
+        open_stack(plain, time_point=1)

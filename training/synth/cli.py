@@ -3,6 +3,16 @@
 ``spine-synth --out DIR [--count N] [--slices Z] [--size PX] [--seed S]
 [--pixel-size UM] [--z-step UM] [--bit-depth 8|16] [--prefix NAME] [--quiet] [--json]``
 
+``--sessions N`` (2 or more) writes time series instead (:mod:`.series`): series ``i`` is
+``make_series(np.random.default_rng([S, i]), (Z, PX, PX), N, ...)``, the same dendrites imaged in N
+sessions moved by up to ``--max-shift`` µm in x and y and ``--max-z-shift`` µm in z and turned by up
+to ``--max-rotation`` degrees against session 0, losing ``--loss`` and gaining ``--gain`` of their
+spines between sessions, head radii drifting by ``--size-drift`` (SD of the log).  It writes
+``DIR/NAME_iii_s<k>.tif`` and ``NAME_iii_s<k>_boxes.csv`` per session (spine ids persist across
+sessions) and the series' ground truth in ``spine-track``'s format, ``NAME_iii_observations.csv``,
+``NAME_iii_spines.csv``, with ``NAME_iii_truth.json`` (poses, events), all-or-nothing per series;
+``spine-eval sessions --gt DIR/NAME_iii_observations.csv --pred TRACKED`` scores a tracker on it.
+
 Stack ``i`` (0-based) is ``make_stack(np.random.default_rng([S, i]), (Z, PX, PX))``
 with the given settings fixed and the others drawn; it is written as
 ``DIR/NAME_iii.tif`` (ImageJ TIFF with the voxel size in µm) and
@@ -35,7 +45,8 @@ import typer
 from spinedet.runtime.cliutil import Json, Out, Quiet, Seed, guarded, make_app, run, say
 from spinedet.runtime.errors import SpineDetError
 
-from .files import write_stack
+from .files import write_series, write_stack
+from .series import make_series
 from .stack import SynthStack, make_stack
 
 TOOL = "spine-synth"
@@ -104,6 +115,18 @@ def spine_synth(
                                            help="Slice spacing in µm (default: drawn per stack, 0.3-1.0)."),
     bit_depth: Optional[BitDepth] = typer.Option(None, "--bit-depth", help="8 or 16 bit (default: drawn per stack)."),
     prefix: str = typer.Option("synth", metavar="NAME", help="File names: NAME_000.tif, NAME_000_boxes.csv, ..."),
+    sessions: int = typer.Option(1, "--sessions", min=1, metavar="N",
+                                 help="Write each stack as a time series of N imaging sessions (N >= 2)."),
+    max_shift: float = typer.Option(4.0, "--max-shift", metavar="UM",
+                                    help="Series: largest x and y shift of a session against the first (µm)."),
+    max_z_shift: float = typer.Option(1.0, "--max-z-shift", metavar="UM",
+                                      help="Series: largest z shift of a session against the first (µm)."),
+    max_rotation: float = typer.Option(1.5, "--max-rotation", metavar="DEG",
+                                       help="Series: largest in-plane rotation against the first session."),
+    loss: float = typer.Option(0.1, "--loss", metavar="F", help="Series: share of spines lost between sessions."),
+    gain: float = typer.Option(0.1, "--gain", metavar="F", help="Series: share of spines gained between sessions."),
+    size_drift: float = typer.Option(0.15, "--size-drift", metavar="S",
+                                     help="Series: SD of the log head radius change per session."),
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -119,6 +142,8 @@ def spine_synth(
             overrides["z_step_um"] = z_step
         if bit_depth is not None:
             overrides["bit_depth"] = int(bit_depth.value)
+        if sessions > 1:
+            return _write_series(overrides)
         reports = []
         for i in range(count):
             try:
@@ -135,9 +160,54 @@ def spine_synth(
             say(report_line(reports[-1]), quiet)
         return reports
 
+    def _write_series(overrides) -> list:
+        reports = []
+        for i in range(count):
+            try:
+                try:
+                    series = make_series(np.random.default_rng([seed, i]), (slices, size, size), sessions,
+                                         (max_z_shift, max_shift, max_shift), max_rotation, loss, gain, size_drift,
+                                         **overrides)
+                except ValueError as exc:
+                    raise SpineDetError(str(exc)) from None
+                paths = write_series(series, out, f"{prefix}_{i:03d}")
+            except SpineDetError as exc:
+                if reports:
+                    raise SpineDetError(f"{exc} ({len(reports)} of {count} series were written before it)") from None
+                raise
+            reports.append(series_report(series, paths))
+            say(series_line(reports[-1]), quiet)
+        return reports
+
     reports = guarded(TOOL, main)
     if as_json:
-        typer.echo(json.dumps({"out": str(out), "seed": seed, "stacks": reports}))
+        key = "series" if sessions > 1 else "stacks"
+        typer.echo(json.dumps({"out": str(out), "seed": seed, key: reports}))
+
+
+def series_report(series, paths) -> dict:
+    """What one written series holds: its files, shape, voxel size, settings, poses and spine counts per session."""
+    paths = [Path(p) for p in paths]
+    return {
+        "files": [str(p) for p in paths],
+        "ground_truth": str(next(p for p in paths if p.name.endswith("_observations.csv"))),
+        "shape": [int(n) for n in series.sessions[0].image.shape],
+        "voxel_size_um": [float(v) for v in series.voxel_size],
+        "settings": series.settings,
+        "sessions": [{"shift_um": {"x": float(series.shift_um[k][2]), "y": float(series.shift_um[k][1]),
+                                   "z": float(series.shift_um[k][0])},
+                      "rotation_deg": float(series.rotation_deg[k]), "alive": len(series.alive[k]),
+                      "visible": len(set(series.sessions[k].table.spine_id.tolist()))}
+                     for k in range(len(series.sessions))],
+    }
+
+
+def series_line(report: dict) -> str:
+    """The stderr line of one series."""
+    z_um, px_um = report["voxel_size_um"][:2]
+    visible = "/".join(str(s["visible"]) for s in report["sessions"])
+    return (f"{report['ground_truth']}: {len(report['sessions'])} sessions of {_count(report['shape'][0], 'slice')}, "
+            f"{px_um:.3f} µm/px, z-step {z_um:.2f} µm; spines visible per session {visible}")
 
 
 def main() -> None:

@@ -74,18 +74,29 @@ def make_stack(seed=0, shape=(30, 512, 512), **overrides) -> SynthStack:
     (``pixel_size_um=0.1``) or a ``(low, high)`` range.
     """
     shape = _validated_shape(shape)
+    rng = np.random.default_rng(seed)
+    p = sampled_params(rng, overrides)
+    grid = Grid(shape, p.pixel_size_um, p.z_step_um, p.psf_sigma_xy_um, p.psf_sigma_z_um)
+    scene = make_scene(rng, grid, p)
+    return render_scene(rng, grid, scene, p)
+
+
+def sampled_params(rng: np.random.Generator, overrides: dict) -> SynthParams:
+    """The settings of one stack: ``overrides`` fixed, the rest drawn from ``rng`` (refuses unknown names)."""
     known = {f.name for f in fields(SynthParams)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown synthetic-stack setting(s) {', '.join(unknown)}")
-    rng = np.random.default_rng(seed)
     p = replace(SynthParams(), **overrides).sample(rng)
     if p.bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {p.bit_depth!r}")
     if not (p.pixel_size_um > 0 and p.z_step_um > 0 and p.psf_sigma_xy_um > 0 and p.psf_sigma_z_um > 0):
         raise ValueError("pixel size, z-step and PSF widths must be positive")
-    grid = Grid(shape, p.pixel_size_um, p.z_step_um, p.psf_sigma_xy_um, p.psf_sigma_z_um)
-    scene = make_scene(rng, grid, p)
+    return p
+
+
+def render_scene(rng: np.random.Generator, grid: Grid, scene: Scene, p: SynthParams) -> SynthStack:
+    """Image ``scene`` on ``grid`` (background, then detector noise from ``rng``) and find its ground truth."""
     objects = scene.dendrites + [o for s in scene.spines for o in s.objects()] + scene.distractors()
     dye = render_dye(grid, objects)                 # (Z, Y, X) dye units, turned into photons in place
 
