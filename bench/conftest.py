@@ -2,7 +2,7 @@
 
     pytest bench/ --benchmark-only --benchmark-json=bench/results/latest.json
 
-Options: ``--onnx FILE`` (repeatable; default: the shipped model in both flavours),
+Options: ``--onnx FILE`` (repeatable; default: the shipped models: fp16, int8 where shipped, tensorrt flavour),
 ``--checkpoint FILE`` (torch weights of the same model, for the torch-eager
 reference: a checkpoint, or an exported .onnx model whose weights are recovered
 from the graph; skipped without it), ``--threads N`` (CPU threads for both
@@ -32,9 +32,11 @@ def threads(request):
 
 
 def _model_paths(config):
-    from spinedet.runtime.detector import default_model_path
+    from spinedet.runtime.detector import (DEFAULT_INT8_MODEL_NAME, DEFAULT_MODEL_NAME, DEFAULT_TRT_MODEL_NAME,
+                                           shipped_model_path)
 
-    return [Path(p) for p in config.getoption("--onnx")] or [default_model_path(), default_model_path("trt")]
+    shipped = [shipped_model_path(n) for n in (DEFAULT_MODEL_NAME, DEFAULT_INT8_MODEL_NAME, DEFAULT_TRT_MODEL_NAME)]
+    return [Path(p) for p in config.getoption("--onnx")] or [p for p in shipped if p.is_file()]
 
 
 def pytest_generate_tests(metafunc):
