@@ -2,11 +2,13 @@
 
     pytest bench/ --benchmark-only --benchmark-json=bench/results/latest.json
 
-Options: ``--onnx FILE`` (repeatable; default: the shipped model in both flavours),
-``--checkpoint FILE`` (torch weights of the same model, for the torch-eager
-reference: a checkpoint, or an exported .onnx model whose weights are recovered
-from the graph; skipped without it), ``--threads N`` (CPU threads for both
-onnxruntime and torch, default 2, recorded with every result).
+Options: ``--onnx FILE`` (repeatable; default: the shipped models: fp16, int8
+where shipped, tensorrt flavour), ``--checkpoint FILE`` (torch weights of the
+same model, for the torch-eager reference: a checkpoint, or an exported .onnx
+model whose weights are recovered from the graph; skipped without it),
+``--threads N`` (CPU threads for both onnxruntime and torch, default 2, recorded
+with every result); for bench/test_int8_bench.py ``--int8 FILE`` (default: the
+shipped int8 model) and ``--rounds N`` (interleaved rounds, default 8).
 """
 
 import re
@@ -24,6 +26,8 @@ def pytest_addoption(parser):
     parser.addoption("--onnx", action="append", default=[], help="ONNX model(s) to time (default: shipped)")
     parser.addoption("--checkpoint", default=None, help="torch checkpoint (or .onnx) of the same model (torch eager)")
     parser.addoption("--threads", type=int, default=2, help="CPU threads for inference")
+    parser.addoption("--int8", default=None, help="int8 model for bench/test_int8_bench.py (default: the shipped one)")
+    parser.addoption("--rounds", type=int, default=8, help="interleaved rounds in bench/test_int8_bench.py")
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +36,11 @@ def threads(request):
 
 
 def _model_paths(config):
-    from spinedet.runtime.detector import default_model_path
+    from spinedet.runtime.detector import (DEFAULT_INT8_MODEL_NAME, DEFAULT_MODEL_NAME, DEFAULT_TRT_MODEL_NAME,
+                                           shipped_model_path)
 
-    return [Path(p) for p in config.getoption("--onnx")] or [default_model_path(), default_model_path("trt")]
+    shipped = [shipped_model_path(n) for n in (DEFAULT_MODEL_NAME, DEFAULT_INT8_MODEL_NAME, DEFAULT_TRT_MODEL_NAME)]
+    return [Path(p) for p in config.getoption("--onnx")] or [p for p in shipped if p.is_file()]
 
 
 def pytest_generate_tests(metafunc):

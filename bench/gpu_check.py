@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-latency", action="store_true", help="also time the CPU reference (slow)")
     args = p.parse_args(argv)
     report = {"python": sys.version.split()[0]}
-    model = default_model_path()
+    model = default_model_path("cuda")  # the fp16 onnxruntime flavour (the CPU's default may be the int8 model)
     card = load_card(model)
     data = slices(card, args.slices)
     report["slices"] = int(len(data))

@@ -310,13 +310,14 @@ class ExportableDetector(nn.Module):
     rpn_candidates: tensorrt flavour only, the RPN candidates (best first, all levels) its NMS looks at;
         default :data:`RPN_CANDIDATES_PER_PROPOSAL` x the proposals kept, at most all candidates and
         TensorRT's TopK limit.
-    The backbone's ReLU6 activations are exported as ``HardSigmoid`` (see
-    :class:`UnitClip`) where that rewrite reproduces them; ``model`` itself is
-    not changed.
+    unit_clips: export the backbone's ReLU6 activations as ``HardSigmoid`` (see :class:`UnitClip`) where
+        that rewrite reproduces them (default); False keeps them as plain ``Clip(0, 6)``, the form
+        onnxruntime's int8 quantiser understands (it quantises ``Clip`` and ``Relu``, not ``HardSigmoid``).
+        ``model`` itself is never changed.
     """
 
     def __init__(self, model, input_size, half: bool = False, channels: int = 1, target: str = "onnxruntime",
-                 rpn_candidates: int | None = None):
+                 rpn_candidates: int | None = None, unit_clips: bool = True):
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -324,9 +325,9 @@ class ExportableDetector(nn.Module):
         self.channels = int(channels)
         model = copy.deepcopy(model.eval())  # ``model`` itself is never changed
         self.dtype = torch.float16 if half else torch.float32
-        unit_clips = with_unit_clips(model.backbone, self.channels)
-        if unit_clips is not None:
-            model.backbone = unit_clips
+        rewritten = with_unit_clips(model.backbone, self.channels) if unit_clips else None
+        if rewritten is not None:
+            model.backbone = rewritten
         if half:
             for part in (model.backbone, model.rpn.head, model.roi_heads.box_head, model.roi_heads.box_predictor):
                 part.half()

@@ -30,7 +30,7 @@ TARGETS = ("onnxruntime", "tensorrt")
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
 #: ONNX ops (default domain) supported by TensorRT 10.x's ONNX parser (onnx-tensorrt docs/operators.md),
-#: restricted to what a detector graph may reasonably contain.
+#: restricted to what a detector graph may reasonably contain (QuantizeLinear / DequantizeLinear: an int8 QDQ graph).
 TENSORRT_OPS = {
     "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat",
     "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "CumSum", "DepthToSpace", "Div", "Einsum", "Elu",
@@ -38,7 +38,7 @@ TENSORRT_OPS = {
     "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample", "HardSigmoid", "HardSwish",
     "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax",
     "MatMul", "Max", "MaxPool", "Mean", "Min", "Mod", "Mul", "Neg", "NonMaxSuppression", "Not", "OneHot", "Or", "Pad",
-    "Pow", "PRelu", "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
+    "Pow", "PRelu", "QuantizeLinear", "DequantizeLinear", "Range", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
     "ReduceSum", "Relu", "Reshape", "Resize", "RoiAlign", "Round", "ScatterND", "Selu", "Shape", "Sigmoid", "Sign",
     "Sin", "Size", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh",
     "Tile", "TopK", "Transpose", "Unsqueeze", "Where", "Xor",

@@ -9,10 +9,10 @@ No torch here, ever: numpy, onnxruntime (or TensorRT) and tifffile only.
 >>> [(s.spine_id, s.z_first, s.z_last) for s in result.spines]
 """
 
-from .detector import DetectionResult, SliceStream, SpineDetector, default_model_path
+from .detector import DetectionResult, SliceStream, SpineDetector, default_model_path, shipped_model_path
 from .errors import SpineDetError
 from .spines import Spine
 from .stacks import Stack, VoxelSize, open_stack, read_image
 
 __all__ = ["SpineDetector", "SliceStream", "DetectionResult", "Spine", "SpineDetError", "Stack", "VoxelSize",
-           "open_stack", "read_image", "default_model_path"]
+           "open_stack", "read_image", "default_model_path", "shipped_model_path"]

@@ -34,6 +34,14 @@ _PROVIDERS = {
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "trt")
 
 
+def auto_device() -> str:
+    """What ``device="auto"`` runs on: the best onnxruntime provider installed (tensorrt, cuda, else cpu)."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return next(d for d in ("tensorrt", "cuda", "cpu") if _PROVIDERS[d][0] in available)
+
+
 class Backend:
     """What every backend is: ``run(batch)`` gives the contract's outputs for any batch size.
 
@@ -89,7 +97,7 @@ class OnnxRuntimeBackend(Backend):
             raise SpineDetError(f"unknown onnxruntime device {device!r}; choose one of auto, {', '.join(_PROVIDERS)}")
         available = onnxruntime.get_available_providers()
         if device == "auto":
-            device = next(d for d in ("tensorrt", "cuda", "cpu") if _PROVIDERS[d][0] in available)
+            device = auto_device()
         if _PROVIDERS[device][0] not in available:
             raise SpineDetError(f"device {device!r} needs onnxruntime with {_PROVIDERS[device][0]} "
                                 f"(pip install 'spinedet[gpu]'); this onnxruntime has {', '.join(available)}")

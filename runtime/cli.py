@@ -29,7 +29,8 @@ def spine_run(
     stacks: List[Path] = typer.Argument(..., metavar="STACK",
                                         help="TIFF/PNG stacks or images, or folders of <name>-NN.png slices."),
     out: Out = Path("."),
-    model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: shipped model."),
+    model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: the fastest shipped "
+                                                    "model for --device (on cpu the int8 one, where shipped)."),
     device: Device = DeviceName.cpu,
     batch: Batch = DEFAULT_BATCH,
     threads: Threads = None,
@@ -76,7 +77,7 @@ def spine_run(
             if stems[stem] > 1:  # two inputs with one name must not overwrite each other
                 stem = f"{stem}-{stems[stem]}"
             files = report_files(result, path, out, stem, detector.model_path, settings, overlay, overlay_scores,
-                                 rois)
+                                 rois, model_precision=detector.card.precision)
             write_all(files)
             progress.close()
             for text in result.notes:

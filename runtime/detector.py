@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract
-from .backends import open_backend
+from .backends import auto_device, open_backend
 from .context import neighbour_projection, reach_slices
 from .errors import SpineDetError
 from .postprocess import MAX_AREA_UM2, NMS_IOM, filter_detections, link_threshold_for, max_area_pixels
@@ -37,9 +37,13 @@ from .tiling import cut_tile, inner_edge_mask, plan_tiles, resize, scaled_shape
 from .tracking import LINK_IOM, MAX_MISSES, SliceTracker, tracks_to_table
 from .voxels import VoxelSize, as_voxel_size, assumptions, check_scale, rescale_factor
 
+#: the shipped model, fp16, onnxruntime flavour: what GPUs run by default through onnxruntime (``cuda``, ``tensorrt``)
 DEFAULT_MODEL_NAME = "spinedet_default.onnx"
 #: the shipped model's tensorrt flavour (the same weights in plain ops), what ``device="trt"`` runs by default
 DEFAULT_TRT_MODEL_NAME = "spinedet_default_trt.onnx"
+#: the shipped model quantised to int8 (static QDQ, onnxruntime's CPU provider): what ``device="cpu"`` runs by
+#: default where it is shipped (``spine-export --int8``; models/README.md says how it was made and measured)
+DEFAULT_INT8_MODEL_NAME = "spinedet_default_int8.onnx"
 MIN_SIDE_PX = 16  # in model pixels: anything smaller cannot hold a spine
 #: slices (or tiles) per inference call unless told otherwise
 DEFAULT_BATCH = 8
@@ -47,10 +51,62 @@ DEFAULT_BATCH = 8
 RANGE_WARMUP_SLICES = 8
 
 
-def default_model_path(device: str = "cpu") -> Path:
-    """The model shipped in ``spinedet.models`` for ``device``: its tensorrt flavour for ``"trt"``."""
-    name = DEFAULT_TRT_MODEL_NAME if device == "trt" else DEFAULT_MODEL_NAME
+def shipped_model_path(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Where the shipped model file ``name`` (one of the ``DEFAULT_*_MODEL_NAME``) lies in ``spinedet.models``."""
     return Path(str(resources.files("spinedet.models") / name))
+
+
+def default_model_path(device: str = "cpu") -> Path:
+    """The fastest model shipped in ``spinedet.models`` for ``device``.
+
+    ``"trt"``: the tensorrt flavour; ``"cpu"`` (and ``"auto"`` where that means the CPU): the int8 model
+    where it is shipped, else the fp16 one; ``"cuda"``, ``"tensorrt"``: the fp16 onnxruntime flavour.
+    """
+    if device == "trt":
+        return shipped_model_path(DEFAULT_TRT_MODEL_NAME)
+    if device == "cpu" or (device == "auto" and auto_device() == "cpu"):
+        int8 = shipped_model_path(DEFAULT_INT8_MODEL_NAME)
+        if int8.is_file():
+            return int8
+    return shipped_model_path(DEFAULT_MODEL_NAME)
+
+
+def model_tiles(images, card: contract.ModelCard, pixel_size_um: float | None, intensity_range, contexts=None):
+    """The model inputs of 2D images, as :meth:`SpineDetector.raw_detections` makes them.
+
+    images: sequence of ``(Y, X)`` raw slices of one stack; contexts: each image's raw neighbour projection
+    (None: each image is its own context).  Rescaled to the card's pixel size, normalised with
+    ``intensity_range`` (low, high), padded and tiled.  Returns ``(tiles, owners, plans)``: the ``(C, H, W)``
+    float32 tiles; per tile ``(image index, (y, x) origin)``; per image ``(scaled shape, tile origins,
+    (x scale, y scale))``.
+    """
+    factor = rescale_factor(pixel_size_um, card)
+    tiles, owners = [], []
+    plans = []
+    for k, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise SpineDetError(f"expected 2D slices, got shape {image.shape}")
+        shape = scaled_shape(image.shape, factor)
+        if min(shape) < MIN_SIDE_PX:
+            raise SpineDetError(f"image is {image.shape[1]}x{image.shape[0]} px"
+                                f"{' after rescaling' if factor != 1.0 else ''}: smaller than a spine")
+        channels = [image]
+        if card.channels > 1:
+            context = image if contexts is None else np.asarray(contexts[k])
+            if context.shape != image.shape:
+                raise SpineDetError(f"depth context of shape {context.shape} for a slice of shape {image.shape}")
+            channels.append(context)
+        model_channels = []
+        for channel in channels:
+            channel = contract.normalise(channel, *intensity_range)
+            model_channels.append(resize(channel, shape) if factor != 1.0 else channel)
+        origins = plan_tiles(shape, card.input_size, card.tile_overlap_px)
+        plans.append((shape, origins, (shape[1] / image.shape[1], shape[0] / image.shape[0])))
+        for origin in origins:
+            tiles.append(np.stack([cut_tile(channel, origin, card.input_size) for channel in model_channels]))
+            owners.append((k, origin))
+    return tiles, owners, plans
 
 
 @dataclass
@@ -105,7 +161,7 @@ class SpineDetector:
     """A loaded spine detection model plus the pipeline settings.
 
     model: path of an ONNX model with its card beside it (default: the
-        shipped model).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
+        fastest shipped model for ``device``, :func:`default_model_path`).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
         providers), ``trt`` (native TensorRT engine) or ``auto``.
     batch: slices (or tiles) per inference call.  threads: CPU threads for
         inference (None: all).  score_threshold: a spine is reported when its
@@ -169,39 +225,13 @@ class SpineDetector:
         context (a lone 2D image).  A one-channel model ignores them.
         Returns one ``(boxes (M, 4), scores (M,))`` per image.
         """
-        card = self.card
-        factor = rescale_factor(pixel_size_um, self.card)
-        tiles, owners = [], []
-        plans = []
-        for k, image in enumerate(images):
-            image = np.asarray(image)
-            if image.ndim != 2:
-                raise SpineDetError(f"expected 2D slices, got shape {image.shape}")
-            shape = scaled_shape(image.shape, factor)
-            if min(shape) < MIN_SIDE_PX:
-                raise SpineDetError(f"image is {image.shape[1]}x{image.shape[0]} px"
-                                    f"{' after rescaling' if factor != 1.0 else ''}: smaller than a spine")
-            channels = [image]
-            if card.channels > 1:
-                context = image if contexts is None else np.asarray(contexts[k])
-                if context.shape != image.shape:
-                    raise SpineDetError(f"depth context of shape {context.shape} for a slice of shape {image.shape}")
-                channels.append(context)
-            model_channels = []
-            for channel in channels:
-                channel = contract.normalise(channel, *intensity_range)
-                model_channels.append(resize(channel, shape) if factor != 1.0 else channel)
-            origins = plan_tiles(shape, card.input_size, card.tile_overlap_px)
-            plans.append((shape, origins, (shape[1] / image.shape[1], shape[0] / image.shape[0])))
-            for origin in origins:
-                tiles.append(np.stack([cut_tile(channel, origin, card.input_size) for channel in model_channels]))
-                owners.append((k, origin))
+        tiles, owners, plans = model_tiles(images, self.card, pixel_size_um, intensity_range, contexts)
         raw_boxes, raw_scores = self._run_tiles(tiles)
         per_image = [([], []) for _ in images]
         for (k, origin), boxes, scores in zip(owners, raw_boxes, raw_scores):
             shape, origins, (sx, sy) = plans[k]
             if len(origins) > 1:
-                keep = inner_edge_mask(boxes, origin, card.input_size, shape)
+                keep = inner_edge_mask(boxes, origin, self.card.input_size, shape)
                 boxes, scores = boxes[keep], scores[keep]
             boxes = boxes.astype(np.float64) + [origin[1], origin[0], origin[1], origin[0]]
             per_image[k][0].append(boxes / [sx, sy, sx, sy])

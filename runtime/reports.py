@@ -43,8 +43,8 @@ def spines_csv_text(spines) -> str:
     return out.getvalue()
 
 
-def summary(result, source: Path, model_path: Path, settings: dict) -> dict:
-    """The JSON summary of one run on one input."""
+def summary(result, source: Path, model_path: Path, settings: dict, model_precision: str | None = None) -> dict:
+    """The JSON summary of one run on one input (``model``: the file that ran; ``model_precision``: its card's)."""
     voxel = result.voxel_size
     return {
         "input": str(source),
@@ -55,6 +55,7 @@ def summary(result, source: Path, model_path: Path, settings: dict) -> dict:
         "notes": list(result.notes),
         "depth_context_slices_each_side": result.context_slices,
         "model": str(model_path),
+        "model_precision": model_precision,
         "settings": settings,
         "intensity_range": list(result.intensity_range),
         "n_spines": len(result.spines),
@@ -64,13 +65,15 @@ def summary(result, source: Path, model_path: Path, settings: dict) -> dict:
 
 
 def report_files(result, source: Path, out_dir: Path, stem: str, model_path: Path, settings: dict,
-                 overlay: bool = False, overlay_scores: bool = False, rois: bool = False) -> dict:
+                 overlay: bool = False, overlay_scores: bool = False, rois: bool = False,
+                 model_precision: str | None = None) -> dict:
     """``{path: contents}`` of every output file for one input."""
     out_dir = Path(out_dir)
     files = {
         out_dir / f"{stem}_boxes.csv": boxes_csv_text(result.table),
         out_dir / f"{stem}_spines.csv": spines_csv_text(result.spines),
-        out_dir / f"{stem}_summary.json": json.dumps(summary(result, source, model_path, settings), indent=2) + "\n",
+        out_dir / f"{stem}_summary.json": json.dumps(summary(result, source, model_path, settings, model_precision),
+                                                     indent=2) + "\n",
     }
     if rois:
         files[out_dir / f"{stem}_rois.zip"] = rois_zip_bytes(result.table, settings.get("channel"))

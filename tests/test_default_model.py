@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from spinedet.runtime.cli import run_app
 from spinedet.runtime.contract import load_card
-from spinedet.runtime.detector import SpineDetector, default_model_path
+from spinedet.runtime.detector import DEFAULT_INT8_MODEL_NAME, SpineDetector, default_model_path, shipped_model_path
 from spinedet.runtime.evaluate import f1_3d
 from spinedet.runtime.tables import read_box_table
 from spinedet.training.synth import make_stack, write_stack
@@ -17,9 +17,18 @@ from spinedet.training.synth import make_stack, write_stack
 
 @pytest.fixture(scope="module")
 def default_model():
-    path = default_model_path()
+    """The shipped fp16 model (onnxruntime flavour)."""
+    path = shipped_model_path()
     if not path.is_file():
         pytest.skip(f"no default model at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def shipped_int8():
+    path = shipped_model_path(DEFAULT_INT8_MODEL_NAME)
+    if not path.is_file():
+        pytest.skip(f"no int8 model shipped at {path} (models/README.md says why)")
     return path
 
 
@@ -46,12 +55,27 @@ def test_spine_run_with_the_default_model_finds_synthetic_spines(default_model, 
     assert scores["f1"] >= 0.5, scores
     assert card.metrics["synthetic_f1_3d"]["paper-like 0.1 um, 0.5 um steps"] >= 0.5
     summary = json.loads((tmp_path / "out" / "synth_summary.json").read_text())
-    assert summary["model"].endswith("spinedet_default.onnx")
+    ran = default_model_path("cpu")  # the int8 model where shipped, else this one
+    assert summary["model"] == str(ran) and summary["model_precision"] == load_card(ran).precision
 
 
 def test_default_detector_loads_without_arguments(default_model):
     detector = SpineDetector()
-    assert detector.model_path == default_model and detector.backend.device == "cpu"
+    assert detector.model_path == default_model_path("cpu") and detector.backend.device == "cpu"
+    assert default_model_path("cuda") == default_model  # GPUs run the fp16 file
+
+
+def test_the_shipped_int8_model_is_the_same_detector(shipped_int8, default_model):
+    """Thresholds carried over from the fp16 card (not recalibrated), its own measurements, small."""
+    card, fp16 = load_card(shipped_int8), load_card(default_model)
+    assert card.precision == "int8" and card.export["quantization"]["calibration"]["slices"] >= 1
+    assert (card.score_threshold, card.link_threshold) == (fp16.score_threshold, fp16.link_threshold)
+    assert {"real2d_mdg_val_f1", "synthetic_f1_3d", "int8_checks"} <= set(card.metrics)
+    assert abs(card.metrics["real2d_mdg_val_f1"] - fp16.metrics["real2d_mdg_val_f1"]) <= 0.005
+    assert abs(card.metrics["synthetic_f1_3d"]["all settings"] - fp16.metrics["synthetic_f1_3d"]["all settings"]) \
+        <= 0.005
+    assert shipped_int8.stat().st_size < 10e6
+    assert default_model_path("cpu") == shipped_int8
 
 
 def test_stream_and_detect_agree_on_a_realistic_stack(default_model):

@@ -226,10 +226,10 @@ def test_shipped_model_exports_with_parity_on_real_images(shared_data, tmp_path)
     weights: fp32 parity with torch on real2d-mdg val images and the built-in slices at batches 1, 3 and 8."""
     from spinedet.training.parity import parity_report
     from spinedet.training.recover import model_from_onnx
-    from spinedet.runtime.detector import default_model_path
+    from spinedet.runtime.detector import shipped_model_path
     from spinedet.training.data import real2d_samples
 
-    model, config = model_from_onnx(default_model_path())
+    model, config = model_from_onnx(shipped_model_path())
     save_checkpoint(tmp_path / "shipped.pt", model, config)
     report = export_onnx(tmp_path / "shipped.pt", tmp_path / "shipped_fp32.onnx", check=False)
     real = []

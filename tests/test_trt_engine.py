@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from spinedet.runtime.backends import OnnxRuntimeBackend
 from spinedet.runtime.cli import run_app
 from spinedet.runtime.contract import load_card
-from spinedet.runtime.detector import SpineDetector, default_model_path
+from spinedet.runtime.detector import SpineDetector, default_model_path, shipped_model_path
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.trt_engine import (MAGIC, RTX_DEFAULT_TARGETS, EngineKey, batch_profile, build_cached,
                                          engine_file, make_key, profile_shapes, read_engine, tensorrt_module,
@@ -102,7 +102,7 @@ def test_the_tensorrt_flavour_is_shipped_beside_the_default(shipped_trt):
     onnx = pytest.importorskip("onnx")
     from spinedet.export.hygiene import check_graph
 
-    card, default = load_card(shipped_trt), load_card(default_model_path())
+    card, default = load_card(shipped_trt), load_card(shipped_model_path())
     assert card.export["target"] == "tensorrt" and card.precision == default.precision
     # the same model: thresholds, metrics and what it was trained as carry over
     assert (card.score_threshold, card.link_threshold, card.metrics) == \
@@ -124,7 +124,7 @@ def test_the_two_shipped_flavours_agree_on_onnxruntime(shipped_trt, shared_data_
         real = real2d_samples("val", shared_data_or_none / "real2d-mdg", warn=False)[:6]
         slices = np.concatenate([slices, np.stack([s.model_input(card.channels) for s in real])])
     runs = {}
-    for name, path in (("onnxruntime", default_model_path()), ("tensorrt", shipped_trt)):
+    for name, path in (("onnxruntime", shipped_model_path()), ("tensorrt", shipped_trt)):
         backend = OnnxRuntimeBackend(path, load_card(path), "cpu")
         boxes, scores = backend.run(slices)
         runs[name] = [(b.astype(np.float64), s.astype(np.float64)) for b, s in zip(boxes, scores)]
@@ -146,7 +146,7 @@ def test_tensorrt_rtx_builds_the_shipped_engine_on_this_machine(shipped_trt, tmp
 
 def test_the_onnxruntime_flavour_is_not_built(tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="pip install 'spinedet[trt]' brings TensorRT for RTX")
-    path = default_model_path()
+    path = shipped_model_path()
     card = load_card(path)
     with pytest.raises(SpineDetError, match="needs the model's tensorrt flavour: spine-export --target tensorrt"):
         build_cached(path, card.precision, (card.channels, *card.input_size), 2, tmp_path)

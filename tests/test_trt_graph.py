@@ -248,9 +248,9 @@ def test_candidate_count_follows_the_proposals(tiny):
 @pytest.fixture(scope="module")
 def shipped():
     from spinedet.training.recover import model_from_onnx
-    from spinedet.runtime.detector import default_model_path
+    from spinedet.runtime.detector import shipped_model_path
 
-    path = default_model_path()
+    path = shipped_model_path()
     if not path.is_file():
         pytest.skip(f"no default model at {path}")
     model, config = model_from_onnx(path, check=False)

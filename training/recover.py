@@ -115,6 +115,9 @@ def _load(onnx_path: Path):
     if not onnx_path.is_file():
         raise SpineDetError("no such model file", onnx_path)
     card = load_card(onnx_path)
+    if card.precision == "int8":
+        raise SpineDetError("an int8 model's weights are rounded to 8 bits and cannot be recovered: use the float "
+                            f"model it was made from ({card.export.get('checkpoint', 'see its card')})", onnx_path)
     try:
         graph = onnx.load(str(onnx_path)).graph
     except Exception as exc:
@@ -166,6 +169,9 @@ def model_from_onnx(onnx_path, check: bool = True):
         raise SpineDetError(f"cannot recover the weights: {len(missing)} tensors are not in the graph "
                             f"(first {missing[0]})", onnx_path)
     model.load_state_dict(state, strict=True)
+    sampling = card.export.get("roi_sampling_ratio")
+    if sampling:  # exported with another RoI Align sampling than training's (spine-export --roi-sampling)
+        model.roi_heads.box_roi_pool.sampling_ratio = int(sampling)
     if any(node.op_type == "HardSigmoid" for node in graph.node):  # exported with unit clips: undo their x 6
         with torch.no_grad():
             for conv in {id(c): c for _, _, c in relu6_consumers(model.backbone)}.values():

@@ -79,6 +79,39 @@ def synthetic_f1_3d(detector: SpineDetector, stacks_per_setting: int = 3, shape=
     return out
 
 
+#: seeds of the stacks ``spine-export --int8`` checks F1-3D on (neither training, calibration nor validation seeds)
+F1_CHECK_SEED = 7_500_000
+#: the int8 graph's F1-3D on those stacks may be at most this much below the float graph's (5 stacks of 10 slices
+#: hold ~100 spines, one spine is ~0.01: a guard against a broken quantisation, not a measurement; the measurement
+#: is spine-validate's)
+F1_CHECK_TOLERANCE = 0.03
+
+
+def f1_check(reference_model, candidate_model, slices: int = 10, seed: int = F1_CHECK_SEED, threads=None) -> dict:
+    """F1-3D of two models through the runtime on one small synthetic stack per setting, and whether the
+    candidate is within :data:`F1_CHECK_TOLERANCE` of the reference (each model at its card's thresholds).
+
+    Stacks are made at the reference's input size (``slices`` deep); returns
+    ``{"reference": scores, "candidate": scores, "ok": bool, "summary": str, ...}``.
+    """
+    reference = SpineDetector(reference_model, threads=threads)
+    candidate = SpineDetector(candidate_model, threads=threads)
+    shape = (int(slices), *reference.card.input_size)
+    found = {"reference": [], "candidate": []}
+    for k, overrides in enumerate(SETTINGS.values()):
+        stack = make_stack(seed + 100 * k, shape=shape, **overrides)
+        for name, detector in (("reference", reference), ("candidate", candidate)):
+            found[name].append(f1_3d(detector.detect(stack.image, voxel_size=stack.voxel_size).table, stack.table))
+    reference.close()
+    candidate.close()
+    ref, cand = _summed(found["reference"]), _summed(found["candidate"])
+    ok = cand["f1"] >= ref["f1"] - F1_CHECK_TOLERANCE
+    summary = (f"F1-3D {cand['f1']:.3f} against the float graph's {ref['f1']:.3f} on {len(SETTINGS)} synthetic stacks "
+               f"of {shape[0]} slices (seeds from {seed}); need at most {F1_CHECK_TOLERANCE} less")
+    return {"ok": bool(ok), "summary": summary, "reference": ref, "candidate": cand, "seed": seed,
+            "stacks": len(SETTINGS), "shape": list(shape), "tolerance": F1_CHECK_TOLERANCE}
+
+
 def real2d_f1(detector: SpineDetector, root: Path) -> dict | None:
     """Per-image F1 on real2d-mdg val (images read as the runtime reads them, pixel size unknown)."""
     from .labels import load_real2d_mdg
