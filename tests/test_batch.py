@@ -185,3 +185,20 @@ run_main()
     assert done.returncode == 2
     assert done.stderr.strip() == ("spine-run: error: --workers and --scheduler need dask.distributed: "
                                    "pip install 'spinedet[dask]'")
+
+
+@needs_distributed
+def test_scheduler_address_runs_on_that_cluster(stack_folder, blob_model, tmp_path):
+    import logging
+
+    from distributed import LocalCluster
+
+    good = [stack_folder / "stack_0.tif", stack_folder / "stack_1.tif"]
+    serial = run(*good, "--model", blob_model, "--out", tmp_path / "serial", "--threads", "1", "-q")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        remote = run(*good, "--model", blob_model, "--out", tmp_path / "remote", "--threads", "1", "-q",
+                     "--scheduler", cluster.scheduler_address)
+        assert len(cluster.scheduler.workers) == 1  # the cluster outlives the run: spine-run only connected
+    assert serial.exit_code == remote.exit_code == 0 and remote.stderr == ""
+    assert _without_timing(tmp_path / "remote") == _without_timing(tmp_path / "serial")
