@@ -18,10 +18,11 @@ name their files alike.
 into the output folder, once all stacks are done (all-or-nothing), one row per stack in input order:
 ``file`` (the input as given), ``pixel_size_um`` and ``z_step_um`` (as used; empty when unknown),
 ``slices``, ``spines``, ``seconds`` (wall time of the stack, model loading excluded) and ``error`` (the
-one-line error, empty when the stack succeeded; then the other columns but ``seconds`` are empty).
+one-line error, empty when the stack succeeded; for a failed stack the voxel size, slices and spines are
+empty).
 
-**Dask** (:func:`run_dask`, the optional extra ``spinedet[dask]``): a local cluster of N single-threaded
-worker processes, or an existing scheduler by address; each worker process loads the model once
+**Dask** (:func:`run_dask`, the optional extra ``spinedet[dask]``): a local cluster of N worker processes
+running one stack at a time each (onnxruntime threads: ``--threads``), or an existing scheduler by address; each worker process loads the model once
 (:func:`detector_for` caches it) and runs :func:`run_stack` per stack.  Nothing here imports dask until
 :func:`run_dask` runs.
 """
