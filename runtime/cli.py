@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,7 +26,8 @@ eval_app = make_app(subcommands=True)
 @run_app.command()
 def spine_run(
     stacks: List[Path] = typer.Argument(..., metavar="STACK",
-                                        help="TIFF/PNG stacks or images, or folders of <name>-NN.png slices."),
+                                        help="TIFF/PNG stacks or images, folders of <name>-NN.png slices, or folders "
+                                             "of stacks (each .tif/.tiff/.png in it)."),
     out: Out = Path("."),
     model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: the fastest shipped "
                                                     "model for --device (on cpu the int8 one, where shipped)."),
@@ -49,57 +49,75 @@ def spine_run(
     overlay_scores: bool = typer.Option(False, "--overlay-scores",
                                         help="Write each spine's best score in the overlay."),
     rois: bool = typer.Option(False, "--roi", help="Also write Fiji ROIs (<stem>_rois.zip), one per spine per slice."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Run the stacks in parallel on a local Dask cluster of N worker processes "
+                                       "(--threads each; default: the CPUs shared out). Needs spinedet[dask]."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", metavar="ADDRESS", help="Run the stacks on the Dask cluster whose scheduler is at "
+                                                     "ADDRESS (tcp://host:8786); paths must be valid on its workers."),
     quiet: Quiet = False,
 ):
-    """Detect dendritic spines in 3D stacks (or 2D images) and write CSV tables and a JSON summary per input."""
-    from .detector import SpineDetector
-    from .files import write_all
-    from .reports import report_files
-    from .stacks import open_stack
+    """Detect dendritic spines in 3D stacks (or 2D images) and write CSV tables and a JSON summary per input.
 
-    detector = guarded("spine-run", lambda: SpineDetector(
-        model, device=device.value, batch=batch, threads=threads, score_threshold=score_threshold,
-        max_area_um2=max_area, link_threshold=link_threshold))
-    settings = {"score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold,
-                "max_area_um2": max_area, "nms_iom": detector.nms_iom,
-                "link_iom": detector.link_iom, "max_misses": detector.max_misses, "batch": batch,
-                "device": detector.backend.device, "channel": channel}
-    failures = 0
-    stems: dict[str, int] = {}
-    for path in stacks:
-        progress = Progress(path.name, quiet)
+    With more than one stack, also batch_summary.csv (a row per stack).
+    """
+    from . import batch as batching
+    from .files import write_all
+
+    if workers is not None and scheduler is not None:
+        fail("spine-run", "give --workers or --scheduler, not both")
+    parallel = workers is not None or scheduler is not None
+    if parallel:
+        guarded("spine-run", batching.require_distributed)
+    if workers is not None and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    detector = batching.DetectorOptions(model, device.value, batch, threads, score_threshold, link_threshold,
+                                        max_area)
+    options = batching.RunOptions(detector, out, channel, pixel_size, z_step, mip, overlay, overlay_scores, rois)
+    paths = batching.expand_inputs(stacks)
+    stems = batching.assign_stems(paths)
+    progress = Progress("spine-run", quiet or not parallel, unit="stacks")
+    done: list = []
+
+    def report(outcome):
+        progress.close()
+        if outcome.error is not None:
+            typer.echo(f"spine-run: error: {outcome.error}", err=True)
+        else:
+            for text in outcome.notes:
+                note("spine-run", f"{outcome.path}: {text}", quiet)
+            row = outcome.row
+            say(f"{outcome.path}: {row['spines']} spines in {row['slices']} slice{'s' if row['slices'] != 1 else ''} "
+                f"({row['seconds']:.1f} s) -> {outcome.spines_csv}", quiet)
+        done.append(outcome)
+        progress(len(done), len(paths))
+
+    def slices_progress(k, path):
+        return Progress(path.name if len(paths) == 1 else f"{path.name} ({k + 1}/{len(paths)})", quiet)
+
+    def run_all():
         try:
-            start = time.perf_counter()
-            with open_stack(path, channel=channel, pixel_size=pixel_size, z_step=z_step) as stack:
-                result = detector.detect(stack, mip=mip, projection=overlay, progress=progress)
-                stem = stack.name
-            stems[stem] = stems.get(stem, 0) + 1
-            if stems[stem] > 1:  # two inputs with one name must not overwrite each other
-                stem = f"{stem}-{stems[stem]}"
-            files = report_files(result, path, out, stem, detector.model_path, settings, overlay, overlay_scores,
-                                 rois, model_precision=detector.card.precision)
-            write_all(files)
+            if parallel:
+                return batching.run_dask(paths, stems, options, workers, scheduler, report)
+            return batching.run_serial(paths, stems, options, report, slices_progress)
+        finally:
             progress.close()
-            for text in result.notes:
-                note("spine-run", f"{path}: {text}", quiet)
-            say(f"{path}: {len(result.spines)} spines in {result.shape[0]} slice"
-                f"{'s' if result.shape[0] != 1 else ''} ({time.perf_counter() - start:.1f} s) "
-                f"-> {out / (stem + '_spines.csv')}", quiet)
+
+    try:
+        # load the model here first: a bad model or option stops the run (exit 2) before any input is read;
+        # a serial run keeps it (batch.detector_for), a parallel one loads it again once per worker
+        guarded("spine-run", lambda: detector.load().close() if parallel else batching.detector_for(detector))
+        outcomes = guarded("spine-run", run_all)
+    finally:
+        batching.release_detectors()
+    if len(outcomes) > 1:
+        target = out / batching.BATCH_SUMMARY
+        try:
+            write_all({target: batching.batch_csv_text(outcomes)})
         except SpineDetError as exc:
-            progress.close()
-            failures += 1
-            typer.echo(f"spine-run: error: {exc.with_path(path)}", err=True)
-        except KeyboardInterrupt:
-            progress.close()
-            fail("spine-run", f"{path}: interrupted; no output was written for it", 130)
-        except Exception as exc:
-            progress.close()
-            if os.environ.get("SPINEDET_DEBUG"):
-                raise
-            failures += 1
-            typer.echo(f"spine-run: error: {path}: internal error {type(exc).__name__}: {exc} "
-                       "(set SPINEDET_DEBUG=1 for details)", err=True)
-    if failures:
+            fail("spine-run", exc, 1)
+        say(f"{sum(o.error is None for o in outcomes)} of {len(outcomes)} stacks done -> {target}", quiet)
+    if any(o.error is not None for o in outcomes):
         raise typer.Exit(1)
 
 

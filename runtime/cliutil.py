@@ -63,8 +63,8 @@ def guarded(tool: str, main, interrupted: str = "interrupted; nothing was writte
         raise
     except SpineDetError as exc:
         fail(tool, exc)
-    except KeyboardInterrupt:
-        fail(tool, interrupted, 130)
+    except KeyboardInterrupt as exc:  # one that says what was written (batch.Interrupted) says so
+        fail(tool, str(exc) or interrupted, 130)
     except MemoryError:
         fail(tool, "out of memory", 2)
     except Exception as exc:  # a bug: still one line, unless debugging

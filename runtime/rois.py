@@ -19,6 +19,9 @@ import numpy as np
 
 from .tables import BoxTable
 
+#: the date of every file in the zip (the earliest a zip can state), so that the file depends on the boxes alone
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
 
 def rois_zip_bytes(table: BoxTable, channel: int | None = None) -> bytes:
     """The bytes of an ImageJ ROI set (a zip of ``.roi`` files), one rectangle per row of ``table``.
@@ -38,5 +41,7 @@ def rois_zip_bytes(table: BoxTable, channel: int | None = None) -> bytes:
                 roi.position = z + 1
             else:
                 roi.c_position, roi.z_position, roi.t_position = channel + 1, z + 1, 1
-            archive.writestr(f"{roi.name}.roi", roi.tobytes())
+            entry = zipfile.ZipInfo(f"{roi.name}.roi", date_time=ZIP_DATE)  # not the clock: same boxes, same bytes
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, roi.tobytes(), compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()

@@ -150,6 +150,36 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
     return stack
 
 
+def stack_name(path) -> str | None:
+    """The name :func:`open_stack` gives the stack at ``path`` (``Stack.name``), from its file name alone.
+
+    Reads at most a file's first 8 bytes, or a folder's file names: cheap enough to name hundreds of
+    inputs before any is processed.  None when ``path`` cannot be a stack (missing, unreadable, not a
+    TIFF or PNG file, a folder without per-slice PNGs).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            named = [slice_index_from_name(p.name) for p in path.iterdir() if p.suffix.lower() == ".png"]
+            names = {parsed[0] for parsed in named if parsed is not None}
+            return _folder_stack_name(names.pop(), path) if len(names) == 1 and None not in named else None
+        with open(path, "rb") as handle:
+            magic = handle.read(8)
+    except OSError:
+        return None
+    if magic[:4] in _TIFF_MAGIC:
+        return _tiff_stack_name(path)
+    return path.stem if magic == _PNG_MAGIC else None
+
+
+def _tiff_stack_name(path: Path) -> str:
+    return path.name.split(".")[0]
+
+
+def _folder_stack_name(slice_name: str, folder: Path) -> str:
+    return re.sub(r"[^\w.-]+", "_", slice_name) or folder.name
+
+
 def _only_time_point(stack: Stack, time_point) -> None:
     """Refuse a time point other than 0 of an input without a time axis."""
     if time_point not in (None, 0):
@@ -225,7 +255,7 @@ def _tiff_stack(tif, path: Path, channel, time_point=None):
     select = _slice_selector(axes, shape, layout, channel, reader, path)
     depth = shape[layout["depth"]] if layout["depth"] is not None else 1
     ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
-    return Stack(path, path.name.split(".")[0], (depth, ny, nx), dtype, _tiff_voxel_size(tif), select,
+    return Stack(path, _tiff_stack_name(path), (depth, ny, nx), dtype, _tiff_voxel_size(tif), select,
                  is_2d=layout["depth"] is None, closer=tif.close, axes=axes,
                  time_points=shape[layout["time"]] if layout["time"] is not None else 1,
                  time_point=layout["time_point"])
@@ -494,5 +524,5 @@ def _open_png_folder(folder: Path, channel) -> Stack:
         path = named[k][1]
         return _grey(_decode_png(path), channel, path)
 
-    return Stack(folder, re.sub(r"[^\w.-]+", "_", names.pop()) or folder.name, (len(named),) + first.shape,
+    return Stack(folder, _folder_stack_name(names.pop(), folder), (len(named),) + first.shape,
                  first.dtype, VoxelSize(), read, z_index=z_index, axes="ZYX")

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -74,7 +75,13 @@ def test_bad_inputs_fail_alone_with_one_line_each(good_stack, blob_model, tmp_pa
     assert "notes.tif: not a TIFF or PNG" in errors[0]
     assert "missing.tif: no such file" in errors[1]
     assert "blank.tif: image is blank" in errors[2]
-    assert sorted(p.name for p in out.iterdir()) == ["good_boxes.csv", "good_spines.csv", "good_summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "good_boxes.csv", "good_spines.csv",
+                                                     "good_summary.json"]
+    rows = list(csv.DictReader((out / "batch_summary.csv").open()))  # a row per input, in input order
+    assert [r["file"] for r in rows] == [str(p) for p in (text, good_stack, tmp_path / "missing.tif", blank)]
+    assert [r["error"] for r in rows] == [errors[0].removeprefix("spine-run: error: "), "",
+                                          *(e.removeprefix("spine-run: error: ") for e in errors[1:])]
+    assert (rows[1]["slices"], rows[1]["spines"], rows[1]["z_step_um"]) == ("10", "3", "0.5")
 
 
 def test_bad_model_stops_before_any_input(good_stack, tmp_path):
