@@ -2,6 +2,7 @@
 (runtime/bioio_stacks.py), all reached through open_stack."""
 
 import json
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -15,14 +16,19 @@ from spinedet.runtime.cli import run_app
 from spinedet.runtime.errors import SpineDetError
 from spinedet.runtime.stacks import open_stack
 from spinedet.runtime.tables import read_box_table
+from spinedet.runtime.track_cli import app as track_app
 from spinedet.runtime.voxels import assumptions
 from test_detector import synthetic_stack
+from test_sessions import blob_session, write_tiff
 
 NGFF_VERSIONS = ["0.4", "0.5"]
 
 
 def needs_zarr():
-    return pytest.importorskip("zarr", reason="the [zarr] extra (zarr) is not installed")
+    zarr = pytest.importorskip("zarr", reason="the [zarr] extra (zarr) is not installed")
+    if int(zarr.__version__.split(".")[0]) < 3:
+        pytest.skip("these tests write OME-Zarr with the zarr 3 API (zarr 2 reads NGFF 0.4 only)")
+    return zarr
 
 
 def write_ome_zarr(path, data, axes="zyx", scale=None, units="micrometer", version="0.4", chunks=None,
@@ -136,6 +142,35 @@ def test_ome_zarr_slice_reads_only_its_own_chunks(tmp_path):
     assert text.startswith(str(path)) and "cannot read slice 3" in text and "\n" not in text
 
 
+def test_large_ome_zarr_is_read_in_constant_memory(tmp_path):
+    """Reading every slice of a 200 MB OME-Zarr stack must hold a few slices (2 MB each), not the stack."""
+    zarr = needs_zarr()
+    path = tmp_path / "big.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    array = group.create_array("0", shape=(100, 1024, 1024), chunks=(1, 1024, 1024), dtype="uint16")
+    for k in range(100):
+        array[k] = k
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                   "datasets": [{"path": "0"}]}]
+    # VmHWM (this process image's peak RSS) after importing zarr, and after reading every slice
+    script = f"""
+import re
+import zarr
+from spinedet.runtime.stacks import open_stack
+def peak():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) // 1024
+base = peak()
+with open_stack({str(path)!r}) as stack:
+    total = sum(int(stack[k][::64, ::64].sum()) for k in range(len(stack)))
+assert total == 16 * 16 * sum(range(100)), total
+print(base, peak())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    base, peak = (int(v) for v in done.stdout.split())
+    assert peak - base < 60, f"peak RSS grew {peak - base} MB while reading a 200 MB OME-Zarr stack"
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p, zarr: p.mkdir(), "not a Zarr folder"),
     (lambda p, zarr: zarr.open_group(str(p), mode="w").attrs.update({"name": "x"}), "no OME-Zarr multiscales"),
@@ -182,6 +217,28 @@ def test_spine_run_on_ome_zarr_gives_the_tiff_boxes(blob_model, tmp_path):
     assert len(results["tif"]) > 0
     for column in ("spine_id", "z", "boxes", "score"):
         np.testing.assert_allclose(getattr(results["zarr"], column), getattr(results["tif"], column))
+
+
+def test_spine_track_on_a_time_series_ome_zarr_and_a_folder_with_one(blob_model, tmp_path):
+    """A TZYX OME-Zarr's time points are the sessions; a folder of stacks may hold OME-Zarr beside TIFF."""
+    sessions = [blob_session(k) for k in range(3)]
+    tiffs = [write_tiff(tmp_path / f"day{k + 1}.tif", image) for k, image in enumerate(sessions)]
+    series = write_ome_zarr(tmp_path / "series.ome.zarr", np.stack(sessions), axes="tzyx", scale=[1, 0.5, 0.1, 0.1],
+                            units={"t": None, "z": "micrometer", "y": "micrometer", "x": "micrometer"})
+    folder = tmp_path / "days"
+    folder.mkdir()
+    (folder / "day1.tif").write_bytes(tiffs[0].read_bytes())
+    write_ome_zarr(folder / "day2.zarr", sessions[1], scale=[0.5, 0.1, 0.1])
+    (folder / "day10.tif").write_bytes(tiffs[2].read_bytes())
+    observations = {}
+    for name, inputs in (("tif", tiffs), ("zarr", [series]), ("folder", [folder])):
+        result = CliRunner().invoke(track_app, [str(p) for p in inputs] + ["--model", str(blob_model), "--out",
+                                                                            str(tmp_path / name), "-q"])
+        assert result.exit_code == 0, result.output
+        observations[name] = (tmp_path / name / "series_observations.csv").read_text()
+    assert observations["zarr"] == observations["tif"] and observations["folder"] == observations["tif"]
+    inputs = json.loads((tmp_path / "folder" / "series_summary.json").read_text())["inputs"]
+    assert [p.rsplit("/", 1)[-1] for p in inputs] == ["day1.tif", "day2.zarr", "day10.tif"]
 
 
 # --- bioio (CZI, ND2, LIF) ----------------------------------------------------------------------------------------
