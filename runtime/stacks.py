@@ -13,11 +13,16 @@ with the voxel size in µm.  Accepted inputs:
   ``<name>-<NN>.png``, where NN is the slice index;
 * one time point of a time series (``TZYX``, e.g. chronic imaging sessions
   saved as one hyperstack) with ``time_point=``; without it a time series is
-  refused, since a detector reads one z-stack at a time.
+  refused, since a detector reads one z-stack at a time;
+* OME-Zarr folders (``*.zarr``, NGFF 0.4/0.5; :mod:`.zarr_stacks`, needs the
+  ``[zarr]`` extra), with the same axes, ``channel=`` and ``time_point=``;
+* Zeiss CZI, Nikon ND2 and Leica LIF files through bioio
+  (:mod:`.bioio_stacks`, needs the ``[formats]`` extra).
 
 Slices are read one at a time: from uncompressed contiguous TIFF data by
 reading just that slice's bytes (not a memory map, whose touched pages would
-count against the process's memory), from other TIFFs page by page, so a
+count against the process's memory), from other TIFFs page by page, from
+OME-Zarr chunk by chunk and from bioio's files plane by plane, so a
 stack larger than memory can be processed in a small, constant footprint.  Every problem is a one-line SpineDetError that
 names the file.
 """
@@ -106,7 +111,7 @@ class Stack:
 
 def open_stack(path, channel: int | None = None, pixel_size: float | None = None,
                z_step: float | None = None, time_point: int | None = None) -> Stack:
-    """Open a TIFF/PNG image or stack, or a folder of per-slice PNGs, for slice-by-slice reading.
+    """Open a TIFF/PNG image or stack, a folder of per-slice PNGs, an OME-Zarr folder or a CZI/ND2/LIF file.
 
     channel: which channel of a multi-channel (ZCYX, CYX) or true-colour
         image to read (0-based).
@@ -124,9 +129,16 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
         raise SpineDetError(f"time point must be 0 or more, got {time_point}")
     if not path.exists():
         raise SpineDetError("no such file or folder", path)
-    if path.is_dir():
+    from .bioio_stacks import open_bioio, reads
+    from .zarr_stacks import is_zarr, open_zarr
+
+    if is_zarr(path):
+        stack = open_zarr(path, channel, time_point)
+    elif path.is_dir():
         stack = _open_png_folder(path, channel)
         _only_time_point(stack, time_point)
+    elif reads(path):
+        stack = open_bioio(path, channel, time_point)
     else:
         try:
             with open(path, "rb") as handle:

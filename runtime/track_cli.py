@@ -1,8 +1,9 @@
 """``spine-track``: follow spines over imaging sessions of the same field (one identity per spine).
 
-``spine-track SESSION... --out DIR`` takes the sessions in order as files (TIFF stacks, or folders of
-per-slice PNGs), or one folder of stacks (its ``.tif``/``.tiff`` files in name order, numbers by value), or one time-series
-TIFF (``TZYX``: its time points are the sessions).  It detects spines in each session as ``spine-run``
+``spine-track SESSION... --out DIR`` takes the sessions in order as files (TIFF stacks, OME-Zarr folders,
+CZI/ND2/LIF files, or folders of per-slice PNGs), or one folder of stacks (its ``.tif``/``.tiff``/``.zarr``/
+``.czi``/``.nd2``/``.lif`` entries in name order, numbers by value), or one time-series TIFF or OME-Zarr (``TZYX``:
+its time points are the sessions).  It detects spines in each session as ``spine-run``
 does, registers each session to the first (``--reference first``) or to the one before (``previous``),
 links spines across sessions (:mod:`~spinedet.runtime.sessions`) and writes the series' tables
 (:mod:`~spinedet.runtime.session_reports`), all or nothing.
@@ -29,7 +30,7 @@ from .errors import SpineDetError
 from .sessions import MAX_DISTANCE_UM, MAX_GAP, MAX_ROTATION_DEG, REFERENCES
 
 TOOL = "spine-track"
-STACK_SUFFIXES = (".tif", ".tiff")
+STACK_SUFFIXES = (".tif", ".tiff", ".czi", ".nd2", ".lif")  # files; and OME-Zarr folders
 
 app = make_app()
 
@@ -37,22 +38,24 @@ app = make_app()
 def session_inputs(paths) -> list[tuple[Path, int | None, str]]:
     """The sessions named on the command line: ``(path, time point or None, label)`` each, in order.
 
-    One folder of stacks: its TIFF files by name, numbers by value (``day2`` before ``day10``).  One time-series TIFF: its
-    time points.  Anything else: one session per path.  Refuses fewer than two.
+    One folder of stacks: its stacks (TIFF, OME-Zarr, CZI/ND2/LIF) by name, numbers by value (``day2`` before
+    ``day10``).  One time-series TIFF or OME-Zarr: its time points.  Anything else: one session per path.  Refuses
+    fewer than two.
     """
     from .stacks import open_stack
+    from .zarr_stacks import is_zarr
 
     paths = [Path(p) for p in paths]
     sessions = [(p, None, str(p)) for p in paths]
     if len(paths) == 1:
         path = paths[0]
-        if path.is_dir() and not any(f.suffix.lower() == ".png" for f in path.iterdir()):
-            stacks = sorted((f for f in path.iterdir() if f.is_file() and f.suffix.lower() in STACK_SUFFIXES),
-                            key=_natural)
+        if path.is_dir() and not is_zarr(path) and not any(f.suffix.lower() == ".png" for f in path.iterdir()):
+            stacks = sorted((f for f in path.iterdir()
+                             if (f.is_file() and f.suffix.lower() in STACK_SUFFIXES) or is_zarr(f)), key=_natural)
             sessions = [(f, None, str(f)) for f in stacks]
             if not stacks:
-                raise SpineDetError("folder holds no TIFF stacks (.tif, .tiff) to track", path)
-        elif path.is_file():
+                raise SpineDetError(f"folder holds no stacks ({', '.join(STACK_SUFFIXES)}, .zarr) to track", path)
+        elif path.is_file() or is_zarr(path):
             with open_stack(path, time_point=0) as stack:
                 n = stack.time_points
             if n > 1:
@@ -67,7 +70,8 @@ def session_inputs(paths) -> list[tuple[Path, int | None, str]]:
 @app.command()
 def spine_track(
     sessions: List[Path] = typer.Argument(..., metavar="SESSION",
-                                          help="The sessions' stacks in order, a folder of them, or one TZYX TIFF."),
+                                          help="The sessions' stacks in order, a folder of them, or one TZYX "
+                                               "TIFF or OME-Zarr."),
     out: Out = Path("."),
     name: str = typer.Option("series", metavar="NAME", help="File names: NAME_observations.csv, ..."),
     max_distance: float = typer.Option(MAX_DISTANCE_UM, "--max-distance", metavar="UM",

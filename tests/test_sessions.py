@@ -352,7 +352,7 @@ def test_bad_series_are_one_line_and_leave_no_output(blob_series, blob_model, tm
                         "session 1", "broken.tif")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_no_output(track(empty, "--model", blob_model, "--out", out), out, "no TIFF stacks")
+    _one_line_no_output(track(empty, "--model", blob_model, "--out", out), out, "folder holds no stacks")
 
 
 def test_the_same_pixel_size_given_overrides_the_files(blob_series, blob_model, tmp_path):
