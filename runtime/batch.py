@@ -4,10 +4,11 @@ One function, :func:`run_stack` (an input path and the run's options -> its outp
 :class:`StackOutcome`), does all the work for one stack, both in the serial loop (:func:`run_serial`) and on
 Dask workers (:func:`run_dask`), so both write the same files by construction.
 
-**Inputs** (:func:`expand_inputs`): a file is one stack.  A folder is one stack, as before, when the image
-files in it are all PNGs named like per-slice files, ``<name>-<NN>.png`` (``open_stack`` reads it); otherwise
-it stands for the stack files in it, sorted by name, not recursing: its ``.tif``, ``.tiff`` and ``.png``
-files and its per-slice PNG subfolders (hidden files and spine-run's own ``*_overlay.png`` are skipped).
+**Inputs** (:func:`expand_inputs`): a file is one stack.  A folder is one stack when it is an OME-Zarr or
+its image files are all PNGs named like per-slice files, ``<name>-<NN>.png``
+(:func:`~spinedet.runtime.stacks.is_stack_folder`); otherwise it stands for the stacks in it
+(:func:`~spinedet.runtime.stacks.stacks_in`: stack files, OME-Zarr folders and per-slice PNG subfolders, by
+name, not recursing; hidden files and spine-run's own ``*_overlay.png`` are skipped).
 
 **Output names** (:func:`assign_stems`): every input gets its stem before any runs, in input order, from
 its file name (:func:`~spinedet.runtime.stacks.stack_name`); a second input of the same name gets
@@ -40,47 +41,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpineDetError
-from .stacks import stack_name
-from .tables import slice_index_from_name
+from .stacks import is_stack_folder, stack_name, stacks_in
 
 #: the file a run of more than one stack writes into its output folder
 BATCH_SUMMARY = "batch_summary.csv"
 BATCH_COLUMNS = ("file", "pixel_size_um", "z_step_um", "slices", "spines", "seconds", "error")
-#: file suffixes a folder's stack files have (case-insensitive)
-STACK_SUFFIXES = (".tif", ".tiff", ".png")
 #: what to install for --workers / --scheduler
 DASK_EXTRA = "pip install 'spinedet[dask]'"
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
 
-def _candidates(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` that may be stacks (not hidden, not spine-run's overlays)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in STACK_SUFFIXES and not p.name.startswith(".")
-                  and not p.name.lower().endswith("_overlay.png"))
-
-
-def is_slice_folder(folder) -> bool:
-    """True when ``folder``'s image files are all PNGs named ``<name>-<NN>.png`` (one stack, or none)."""
-    return all(p.suffix.lower() == ".png" and slice_index_from_name(p.name) is not None
-               for p in _candidates(Path(folder)))
-
-
 def expand_inputs(paths) -> list[Path]:
     """The stacks that ``paths`` (files and folders, as given on the command line) stand for, in order.
 
-    A folder of per-slice PNGs (or without any image file) stays one input, and ``open_stack`` says what is
-    wrong with it; any other folder becomes its ``.tif/.tiff/.png`` files and per-slice PNG subfolders,
-    sorted by name.  Paths are kept as given (relative stays relative).
+    A folder that is one stack (an OME-Zarr, per-slice PNGs, or without any image file: ``open_stack`` says
+    what is wrong with it) stays one input; any other folder becomes the stacks in it
+    (:func:`~spinedet.runtime.stacks.stacks_in`).  Paths are kept as given (relative stays relative).
     """
     stacks: list[Path] = []
     for path in map(Path, paths):
         try:
-            if path.is_dir() and not is_slice_folder(path):
-                subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
-                              and _candidates(p) and is_slice_folder(p)]
-                stacks.extend(sorted(_candidates(path) + subfolders))
+            if path.is_dir() and not is_stack_folder(path):
+                stacks.extend(stacks_in(path))
                 continue
         except OSError:  # a folder that cannot be listed: open_stack says so, as that input's error
             pass

@@ -162,14 +162,57 @@ def open_stack(path, channel: int | None = None, pixel_size: float | None = None
     return stack
 
 
+#: suffixes (case-insensitive) of the stack files a folder of stacks may hold; OME-Zarr folders count too
+STACK_FILE_SUFFIXES = (".tif", ".tiff", ".png", ".czi", ".nd2", ".lif")
+
+
+def _stack_files(folder: Path) -> list[Path]:
+    """The files directly in ``folder`` that may be stacks (not hidden, not spine-run's ``*_overlay.png``)."""
+    return [p for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in STACK_FILE_SUFFIXES and not p.name.startswith(".")
+            and not p.name.lower().endswith("_overlay.png")]
+
+
+def is_stack_folder(folder) -> bool:
+    """True when the folder ``folder`` is itself one stack: an OME-Zarr, or one whose image files are all
+    per-slice PNGs ``<name>-<NN>.png`` (or that holds no image file: :func:`open_stack` says what is wrong)."""
+    from .zarr_stacks import is_zarr
+
+    folder = Path(folder)
+    return is_zarr(folder) or all(p.suffix.lower() == ".png" and slice_index_from_name(p.name) is not None
+                                  for p in _stack_files(folder))
+
+
+def stacks_in(folder) -> list[Path]:
+    """The stacks a folder of stacks holds, not recursing: its stack files (:data:`STACK_FILE_SUFFIXES`),
+    OME-Zarr folders and per-slice PNG subfolders, by name with runs of digits compared as numbers (``day2``
+    before ``day10``)."""
+    from .zarr_stacks import is_zarr
+
+    folder = Path(folder)
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (is_zarr(p) or (_stack_files(p) and is_stack_folder(p)))]
+    return sorted(_stack_files(folder) + subfolders, key=natural_key)
+
+
+def natural_key(path):
+    """Sort key of a file name with its runs of digits compared as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", Path(path).name)]
+
+
 def stack_name(path) -> str | None:
     """The name :func:`open_stack` gives the stack at ``path`` (``Stack.name``), from its file name alone.
 
     Reads at most a file's first 8 bytes, or a folder's file names: cheap enough to name hundreds of
     inputs before any is processed.  None when ``path`` cannot be a stack (missing, unreadable, not a
-    TIFF or PNG file, a folder without per-slice PNGs).
+    stack file, a folder that is neither an OME-Zarr nor per-slice PNGs).
     """
+    from .bioio_stacks import reads
+    from .zarr_stacks import is_zarr
+
     path = Path(path)
+    if is_zarr(path) or (path.is_file() and reads(path)):
+        return path.name.split(".")[0]
     try:
         if path.is_dir():
             named = [slice_index_from_name(p.name) for p in path.iterdir() if p.suffix.lower() == ".png"]

@@ -16,7 +16,6 @@ line, exit code 2, before any input is read.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -30,7 +29,6 @@ from .errors import SpineDetError
 from .sessions import MAX_DISTANCE_UM, MAX_GAP, MAX_ROTATION_DEG, REFERENCES
 
 TOOL = "spine-track"
-STACK_SUFFIXES = (".tif", ".tiff", ".czi", ".nd2", ".lif")  # files; and OME-Zarr folders
 
 app = make_app()
 
@@ -42,19 +40,20 @@ def session_inputs(paths) -> list[tuple[Path, int | None, str]]:
     ``day10``).  One time-series TIFF or OME-Zarr: its time points.  Anything else: one session per path.  Refuses
     fewer than two.
     """
-    from .stacks import open_stack
+    from .stacks import STACK_FILE_SUFFIXES, is_stack_folder, open_stack, stacks_in
     from .zarr_stacks import is_zarr
 
     paths = [Path(p) for p in paths]
     sessions = [(p, None, str(p)) for p in paths]
     if len(paths) == 1:
         path = paths[0]
-        if path.is_dir() and not is_zarr(path) and not any(f.suffix.lower() == ".png" for f in path.iterdir()):
-            stacks = sorted((f for f in path.iterdir()
-                             if (f.is_file() and f.suffix.lower() in STACK_SUFFIXES) or is_zarr(f)), key=_natural)
-            sessions = [(f, None, str(f)) for f in stacks]
-            if not stacks:
-                raise SpineDetError(f"folder holds no stacks ({', '.join(STACK_SUFFIXES)}, .zarr) to track", path)
+        one_stack = path.is_dir() and (is_zarr(path) or (is_stack_folder(path) and any(
+            f.suffix.lower() == ".png" for f in path.iterdir())))
+        if path.is_dir() and not one_stack:
+            sessions = [(f, None, str(f)) for f in stacks_in(path)]
+            if not sessions:
+                raise SpineDetError(f"folder holds no stacks ({', '.join(STACK_FILE_SUFFIXES)}, .zarr) to track",
+                                    path)
         elif path.is_file() or is_zarr(path):
             with open_stack(path, time_point=0) as stack:
                 n = stack.time_points
@@ -205,11 +204,6 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
     summary = json.loads(files[Path(out) / f"{name}_summary.json"])
     summary["files"] = [str(p) for p in files]
     return summary
-
-
-def _natural(path: Path):
-    """Sort key of a file name with its runs of digits compared as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
 def _close(a, b) -> bool:

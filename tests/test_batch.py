@@ -66,6 +66,15 @@ def test_folder_expands_to_its_stacks_but_a_slice_folder_stays_one_stack(tmp_pat
     assert batch.expand_inputs([folder / "cell", folder / "b.tif"]) == [folder / "cell", folder / "b.tif"]
     assert batch.expand_inputs([folder / "empty"]) == [folder / "empty"]  # open_stack will say it holds nothing
 
+    # OME-Zarr folders and CZI files are stacks too, and numbers in names sort by value
+    series = tmp_path / "series"
+    (series / "day2.ome.zarr").mkdir(parents=True)
+    (series / "day2.ome.zarr" / "zarr.json").write_text("{}")
+    write_stack(series / "day10.tif")
+    (series / "day1.czi").write_bytes(b"not read here")
+    assert batch.expand_inputs([series]) == [series / "day1.czi", series / "day2.ome.zarr", series / "day10.tif"]
+    assert batch.expand_inputs([series / "day2.ome.zarr"]) == [series / "day2.ome.zarr"]
+
 
 def test_stems_are_given_in_input_order_before_any_run(tmp_path):
     (tmp_path / "a").mkdir()
