@@ -47,6 +47,10 @@ def read_boxes(path) -> list[tuple]:
 def write_boxes(path: str, data, attributes: dict) -> list[str]:
     """npe2 writer for one Shapes layer: its rectangles as a ``_boxes.csv`` at ``path``; returns ``[path]``.
 
+    Only names ending in ``_boxes.csv`` get spine-run's format: napari offers this writer for every ``.csv``
+    (npe2 matches extensions only), so any other ``.csv`` name is handed on to napari's own shapes writer,
+    as if this plugin were not installed.
+
     data: the layer's shapes (corners in pixels, slices first in 3D); attributes: the layer's state, whose
     ``features`` give each shape's ``spine_id`` and ``score`` (shapes without one become new spines,
     :func:`~.convert.table_from_shapes`).  Rows are sorted by spine and slice as spine-run sorts them.
@@ -54,6 +58,10 @@ def write_boxes(path: str, data, attributes: dict) -> list[str]:
     path = Path(path)
     if path.suffix.lower() != ".csv":
         raise SpineDetError("a box table is a .csv file (spine-run names them <stem>_boxes.csv)", path)
+    if not path.name.endswith(SUFFIX):
+        from npe2 import write
+
+        return write(str(path), [(data, attributes, "shapes")], plugin_name="napari")
     try:
         table = table_from_shapes(data, attributes.get("features"))
     except SpineDetError as exc:

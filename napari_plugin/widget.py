@@ -99,8 +99,11 @@ class DetectWidget(Container):
 
     def _detector(self) -> SpineDetector:
         key = (self.model_path(), self.device.value, round(float(self.score_threshold.value), 4))
-        if key not in self._detectors:
-            self._detectors = {key: SpineDetector(key[0], device=key[1], score_threshold=key[2])}
+        if key not in self._detectors:  # one loaded model at a time: free the last one's backend
+            detector = SpineDetector(key[0], device=key[1], score_threshold=key[2])
+            for old in self._detectors.values():
+                old.close()
+            self._detectors = {key: detector}
         return self._detectors[key]
 
     def run(self, _value=None):

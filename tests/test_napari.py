@@ -114,10 +114,11 @@ def test_voxel_size_from_a_layer_scale():
 
 @pytest.fixture
 def plugin():
-    """The spinedet manifest registered with npe2 (an editable install registers it through its entry point)."""
+    """The installed plugins, and the spinedet manifest (which an install registers through its entry point)."""
     import npe2
 
     manager = npe2.PluginManager.instance()
+    manager.discover()  # napari's own reader and writers, as napari finds them at start-up
     if "spinedet" not in manager._manifests:
         manager.register(npe2.PluginManifest.from_file(MANIFEST))
     return "spinedet"
@@ -176,6 +177,7 @@ def test_writer_saves_the_corrected_table(plugin, boxes_csv, tmp_path):
     shapes.data = data
     assert shapes.nshapes == len(rows) - 2
     corrected = tmp_path / "corrected_boxes.csv"
+    # as napari's Save dialog with the file type "spinedet boxes (*.csv)"
     assert napari.save_layers(str(corrected), [shapes], plugin=plugin) == [str(corrected)]
     new_rows = corrected.read_text().splitlines()
     spine_id, z, x0, y0, x1, y1, score = rows[moved].split(",")
@@ -184,6 +186,9 @@ def test_writer_saves_the_corrected_table(plugin, boxes_csv, tmp_path):
                                     f"{float(x1) - 3:.2f}", f"{float(y1) + 4:.2f}", score])
     assert new_rows == expected
     assert len(read_box_table(corrected)) == len(rows) - 2
+    other = tmp_path / "annotations.csv"  # any other .csv name: napari's own shapes table, not ours
+    assert napari.save_layers(str(other), [shapes], plugin=plugin) == [str(other)]
+    assert other.read_text().splitlines()[0].startswith("index,shape-type,vertex-index")
 
 
 @needs_napari
