@@ -1,11 +1,14 @@
 """Shared fixtures: a small real ONNX detector (tests/blob_model.py) and the real-data folder."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Qt without a screen for the napari plugin's tests (tests/test_napari.py); a platform set by the caller wins
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from blob_model import build_blob_model  # noqa: E402
 from spinedet.training.data import data_root  # noqa: E402  (torch-free: tests/test_no_torch.py)
