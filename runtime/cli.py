@@ -26,8 +26,8 @@ eval_app = make_app(subcommands=True)
 @run_app.command()
 def spine_run(
     stacks: List[Path] = typer.Argument(..., metavar="STACK",
-                                        help="TIFF/PNG stacks or images, folders of <name>-NN.png slices, or folders "
-                                             "of stacks (each .tif/.tiff/.png in it)."),
+                                        help="TIFF/PNG stacks or images, OME-Zarr folders, CZI/ND2/LIF files, folders of "
+                                             "<name>-NN.png slices, or folders of stacks (each stack in it)."),
     out: Out = Path("."),
     model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: the fastest shipped "
                                                     "model for --device (on cpu the int8 one, where shipped)."),
