@@ -34,7 +34,7 @@ import numpy as np
 from .errors import SpineDetError
 from .overlay import overlay_png
 from .reports import spines_csv_text
-from .tables import boxes_csv_text, read_box_table
+from .tables import boxes_csv_text, read_box_table, read_csv
 
 OBSERVATION_COLUMNS = ("track_id", "session", "present", "in_view", "spine_id", "centroid_x_um", "centroid_y_um",
                        "centroid_z_um", "fluorescence")
@@ -197,20 +197,12 @@ def read_series(path) -> SeriesTables:
     ``DIR/NAME``, or a folder holding one series."""
     prefix = series_prefix(path)
     observations = prefix.with_name(prefix.name + "_observations.csv")
-    try:
-        text = observations.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise SpineDetError("no such file", observations) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpineDetError(f"cannot read as a CSV table ({exc})", observations) from None
-    rows = list(csv.reader(io.StringIO(text)))
-    header = tuple(c.strip().lower() for c in rows[0]) if rows else ()
+    header, body = read_csv(observations)
     needed = ("track_id", "session", "present", "spine_id")
     if not set(needed) <= set(header):
         raise SpineDetError(f"not a series observations table: columns {','.join(header) or '(none)'}; expected "
                             f"{','.join(OBSERVATION_COLUMNS)}", observations)
     col = {c: header.index(c) for c in needed}
-    body = [r for r in rows[1:] if any(c.strip() for c in r)]
     try:
         track = np.array([int(r[col["track_id"]]) for r in body], dtype=np.int64)
         session = np.array([int(r[col["session"]]) for r in body], dtype=np.int64)

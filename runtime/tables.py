@@ -128,8 +128,9 @@ def paper_tracking_csv_text(table: BoxTable) -> str:
     return out.getvalue()
 
 
-def read_box_table(path) -> BoxTable:
-    """Read a project ``_boxes.csv`` or a paper tracking CSV; raise SpineDetError on anything else."""
+def read_csv(path) -> tuple[tuple, list]:
+    """``(header, rows)`` of a CSV file: the header's names stripped and lower-case (``()`` for an empty
+    file), the rows as lists of strings, blank rows left out.  One-line SpineDetError if it cannot be read."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -138,10 +139,16 @@ def read_box_table(path) -> BoxTable:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpineDetError(f"cannot read as a CSV table ({exc})", path) from None
     rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
+    header = tuple(name.strip().lower() for name in rows[0]) if rows else ()
+    return header, [r for r in rows[1:] if any(cell.strip() for cell in r)]
+
+
+def read_box_table(path) -> BoxTable:
+    """Read a project ``_boxes.csv`` or a paper tracking CSV; raise SpineDetError on anything else."""
+    path = Path(path)
+    header, body = read_csv(path)
+    if not header:
         raise SpineDetError("empty file, expected a CSV header", path)
-    header = tuple(name.strip().lower() for name in rows[0])
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
     try:
         if header in (BOXES_COLUMNS, ("stack",) + BOXES_COLUMNS):
             return _read_project_rows(header, body)

@@ -142,41 +142,31 @@ def spine_synth(
             overrides["z_step_um"] = z_step
         if bit_depth is not None:
             overrides["bit_depth"] = int(bit_depth.value)
+        shape = (slices, size, size)
         if sessions > 1:
-            return _write_series(overrides)
+            def make(rng):
+                return make_series(rng, shape, sessions, (max_z_shift, max_shift, max_shift), max_rotation, loss,
+                                   gain, size_drift, **overrides)
+            return _write_each(make, write_series, series_report, series_line, "series")
+        return _write_each(lambda rng: make_stack(rng, shape, **overrides), write_stack, stack_report, report_line,
+                           "stacks")
+
+    def _write_each(make, write, report, line, what) -> list:
+        """Make and write item i = 0..count-1 from seed [seed, i]; one line per item; the reports."""
         reports = []
         for i in range(count):
             try:
                 try:
-                    stack = make_stack(np.random.default_rng([seed, i]), (slices, size, size), **overrides)
+                    item = make(np.random.default_rng([seed, i]))
                 except ValueError as exc:  # a setting the generator refuses
                     raise SpineDetError(str(exc)) from None
-                paths = write_stack(stack, out, f"{prefix}_{i:03d}")
+                paths = write(item, out, f"{prefix}_{i:03d}")
             except SpineDetError as exc:
                 if reports:
-                    raise SpineDetError(f"{exc} ({len(reports)} of {count} stacks were written before it)") from None
+                    raise SpineDetError(f"{exc} ({len(reports)} of {count} {what} were written before it)") from None
                 raise
-            reports.append(stack_report(stack, paths))
-            say(report_line(reports[-1]), quiet)
-        return reports
-
-    def _write_series(overrides) -> list:
-        reports = []
-        for i in range(count):
-            try:
-                try:
-                    series = make_series(np.random.default_rng([seed, i]), (slices, size, size), sessions,
-                                         (max_z_shift, max_shift, max_shift), max_rotation, loss, gain, size_drift,
-                                         **overrides)
-                except ValueError as exc:
-                    raise SpineDetError(str(exc)) from None
-                paths = write_series(series, out, f"{prefix}_{i:03d}")
-            except SpineDetError as exc:
-                if reports:
-                    raise SpineDetError(f"{exc} ({len(reports)} of {count} series were written before it)") from None
-                raise
-            reports.append(series_report(series, paths))
-            say(series_line(reports[-1]), quiet)
+            reports.append(report(item, paths))
+            say(line(reports[-1]), quiet)
         return reports
 
     reports = guarded(TOOL, main)
