@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,8 @@ def open_bioio(path: Path, channel: int | None = None, time_point: int | None = 
     if "chunk_dims" in inspect.signature(reader.__init__).parameters or module == "bioio_czi":
         options["chunk_dims"] = ["Y", "X"] if module == "bioio_czi" else ["Y", "X", "S"]  # one plane per chunk
     try:
-        image = BioImage(path, reader=reader, **options)
+        with _quiet_bioio():
+            image = BioImage(path, reader=reader, **options)
         dims, full_shape = str(image.dims.order), tuple(int(n) for n in image.shape)
         data = image.dask_data
         sizes = image.physical_pixel_sizes
@@ -55,7 +58,8 @@ def open_bioio(path: Path, channel: int | None = None, time_point: int | None = 
     except SpineDetError:
         raise
     except Exception as exc:
-        raise SpineDetError(f"not a readable {kind} file ({type(exc).__name__}: {exc})", path) from None
+        raise SpineDetError(f"not a readable {kind} file ({type(exc).__name__}: {_first_sentence(exc)})",
+                            path) from None
     if dtype.kind not in "uif":
         raise SpineDetError(f"unsupported pixel type {dtype}", path)
     if not dims.endswith(("YX", "YXS")) or min(full_shape) == 0:
@@ -79,6 +83,24 @@ def open_bioio(path: Path, channel: int | None = None, time_point: int | None = 
                  voxel, select, is_2d=layout["depth"] is None, axes=axes, closer=closer,
                  time_points=shape[layout["time"]] if layout["time"] is not None else 1,
                  time_point=layout["time_point"])
+
+
+@contextmanager
+def _quiet_bioio():
+    """bioio logs a failed reader attempt as a warning before it raises; the raised error is said in one line."""
+    log = logging.getLogger("bioio")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _first_sentence(exc: Exception) -> str:
+    """The first line of an exception's message, cut at 200 characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _number(value) -> float | None:

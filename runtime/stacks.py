@@ -561,7 +561,8 @@ def _open_png(path: Path, channel) -> Stack:
 def _open_png_folder(folder: Path, channel) -> Stack:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
-        raise SpineDetError("folder holds no PNG slices", folder)
+        raise SpineDetError(f"folder holds no PNG slices, nor stacks ({', '.join(STACK_FILE_SUFFIXES)}, .zarr)",
+                            folder)
     named = [(slice_index_from_name(p.name), p) for p in files]
     unnamed = [p.name for parsed, p in named if parsed is None]
     if unnamed:
