@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import typer
 
-from .cliutil import (Batch, Device, DeviceName, Json, Out, Progress, Quiet, Threads, fail, guarded, make_app,
-                      note, run, say)
+from .cliutil import (Batch, Channel, Device, DeviceName, Json, Model, Out, PixelSize, Progress, Quiet, Threads,
+                      ZStep, fail, guarded, make_app, note, run, say)
 from .detector import DEFAULT_BATCH
 from .errors import SpineDetError
 from .evaluate import MATCH_IOM, MIN_TRACK_SCORE
@@ -29,14 +29,13 @@ def spine_run(
                                         help="TIFF/PNG stacks or images, OME-Zarr folders, CZI/ND2/LIF files, folders of "
                                              "<name>-NN.png slices, or folders of stacks (each stack in it)."),
     out: Out = Path("."),
-    model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: the fastest shipped "
-                                                    "model for --device (on cpu the int8 one, where shipped)."),
+    model: Model = None,
     device: Device = DeviceName.cpu,
     batch: Batch = DEFAULT_BATCH,
     threads: Threads = None,
-    channel: Optional[int] = typer.Option(None, min=0, help="Channel to read from multi-channel data (0-based)."),
-    pixel_size: Optional[float] = typer.Option(None, help="Pixel size in µm (overrides the file's metadata)."),
-    z_step: Optional[float] = typer.Option(None, help="Distance between slices in µm (overrides metadata)."),
+    channel: Channel = None,
+    pixel_size: PixelSize = None,
+    z_step: ZStep = None,
     score_threshold: Optional[float] = typer.Option(
         None, help="Report a spine when its most confident box scores above this. Default: the model card's "
                    "(0.5, the paper's, unless the model was calibrated)."),

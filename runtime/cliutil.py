@@ -41,6 +41,15 @@ Device = Annotated[DeviceName, typer.Option(
 Batch = Annotated[int, typer.Option("--batch", min=1, help="Slices (or tiles) per inference call.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Model = Annotated[Optional[Path], typer.Option(
+    "--model", help="ONNX model (card .json beside it). Default: the fastest shipped model for --device (on cpu the "
+                    "int8 one, where shipped).")]
+Channel = Annotated[Optional[int], typer.Option("--channel", min=0,
+                                                help="Channel to read from multi-channel data (0-based).")]
+PixelSize = Annotated[Optional[float], typer.Option("--pixel-size", help="Pixel size in µm (overrides the files' "
+                                                                         "metadata).")]
+ZStep = Annotated[Optional[float], typer.Option("--z-step", help="Distance between slices in µm (overrides the "
+                                                                 "files' metadata).")]
 
 
 def make_app(subcommands: bool = False) -> typer.Typer:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from .cliutil import Batch, Device, DeviceName, Json, Out, Progress, Quiet, Threads, fail, guarded, make_app, note, \
-    run, say
+from .cliutil import (Batch, Channel, Device, DeviceName, Json, Model, Out, PixelSize, Progress, Quiet, Threads,
+                      ZStep, fail, guarded, make_app, note, run, say)
 from .detector import DEFAULT_BATCH
 from .errors import SpineDetError
 from .sessions import MAX_DISTANCE_UM, MAX_GAP, MAX_ROTATION_DEG, REFERENCES
@@ -82,13 +82,13 @@ def spine_track(
                                   help="Register each session to the first one, or to the previous one (chained)."),
     max_rotation: float = typer.Option(MAX_ROTATION_DEG, "--max-rotation", metavar="DEG",
                                        help="Largest in-plane rotation between sessions searched (0: shift only)."),
-    model: Optional[Path] = typer.Option(None, help="ONNX model (card .json beside it). Default: shipped model."),
+    model: Model = None,
     device: Device = DeviceName.cpu,
     batch: Batch = DEFAULT_BATCH,
     threads: Threads = None,
-    channel: Optional[int] = typer.Option(None, min=0, help="Channel to read from multi-channel data (0-based)."),
-    pixel_size: Optional[float] = typer.Option(None, help="Pixel size in µm of every session (overrides metadata)."),
-    z_step: Optional[float] = typer.Option(None, help="Distance between slices in µm of every session."),
+    channel: Channel = None,
+    pixel_size: PixelSize = None,
+    z_step: ZStep = None,
     overlay: bool = typer.Option(False, "--overlay", help="Also write each session's projection labelled by track."),
     quiet: Quiet = False,
     as_json: Json = False,
