@@ -34,7 +34,8 @@ def box_layers(table: BoxTable, name: str, ndim: int = 3, scale=None, translate=
     if translate is not None:
         placed["translate"] = tuple(float(v) for v in translate)
     shapes_kwargs = dict(
-        name=f"{name} boxes", ndim=ndim, shape_type="rectangle", features=features, feature_defaults=dict(NEW_BOX_FEATURES),
+        name=f"{name} boxes", ndim=ndim, shape_type="rectangle", features=features,
+        feature_defaults=dict(NEW_BOX_FEATURES),
         edge_color=EDGE_COLOR, edge_width=EDGE_WIDTH, face_color="transparent", opacity=1.0,
         text={"string": "{spine_id}", "color": TEXT_COLOR, "size": 8, "anchor": "upper_left"},
         metadata={"spinedet": "boxes"}, **placed)

@@ -23,8 +23,9 @@ one-line error, empty when the stack succeeded; for a failed stack the voxel siz
 empty).
 
 **Dask** (:func:`run_dask`, the optional extra ``spinedet[dask]``): a local cluster of N worker processes
-running one stack at a time each (onnxruntime threads: ``--threads``), or an existing scheduler by address; each worker process loads the model once
-(:func:`detector_for` caches it) and runs :func:`run_stack` per stack.  Nothing here imports dask until
+running one stack at a time each (onnxruntime threads: ``--threads``), or an existing scheduler by address;
+each worker process loads the model once (:func:`detector_for` caches it) and runs :func:`run_stack` per
+stack.  Nothing here imports dask until
 :func:`run_dask` runs.
 """
 
@@ -294,8 +295,9 @@ def run_dask(paths, stems, options: RunOptions, workers: int | None = None, sche
     finishes (in completion order).  Returns the outcomes in input order.
 
     Input and output paths are sent as given: on a remote cluster they must name the same files on the workers
-    (absolute paths on a shared file system).  ``--threads`` (``options.detector.threads``) is per worker.  A task that fails on the worker beyond run_stack's own error
-    handling (a worker killed, say) is that stack's internal error.
+    (absolute paths on a shared file system).  ``--threads`` (``options.detector.threads``) is per worker.  A
+    task that fails on the worker beyond run_stack's own error handling (a worker killed, say) is that stack's
+    internal error.
     """
     from distributed import as_completed
 

@@ -26,8 +26,9 @@ eval_app = make_app(subcommands=True)
 @run_app.command()
 def spine_run(
     stacks: List[Path] = typer.Argument(..., metavar="STACK",
-                                        help="TIFF/PNG stacks or images, OME-Zarr folders, CZI/ND2/LIF files, folders of "
-                                             "<name>-NN.png slices, or folders of stacks (each stack in it)."),
+                                        help="TIFF/PNG stacks or images, OME-Zarr folders, CZI/ND2/LIF files, "
+                                             "folders of <name>-NN.png slices, or folders of stacks (each stack in "
+                                             "it)."),
     out: Out = Path("."),
     model: Model = None,
     device: Device = DeviceName.cpu,
@@ -232,7 +233,8 @@ def sessions_command(
                f"pairs in consecutive sessions whose spines were both detected; pair recall "
                f"{ratio(s['pair_recall'])} of all {s['true_pairs']})")
     typer.echo(f"links {s['links']}: correct {s['correct_links']}, false {s['false_links']}, half-matched "
-               f"{s['half_matched_links']}, spurious {s['spurious_links']} (link precision {ratio(s['link_precision'])})")
+               f"{s['half_matched_links']}, spurious {s['spurious_links']} "
+               f"(link precision {ratio(s['link_precision'])})")
     for key in ("gained", "lost"):
         t = s[key]
         error = "n/a" if t["error"] is None else f"{100 * t['error']:.1f} %"

@@ -161,8 +161,8 @@ class SpineDetector:
     """A loaded spine detection model plus the pipeline settings.
 
     model: path of an ONNX model with its card beside it (default: the
-        fastest shipped model for ``device``, :func:`default_model_path`).  device: ``cpu``, ``cuda``, ``tensorrt`` (onnxruntime's
-        providers), ``trt`` (native TensorRT engine) or ``auto``.
+        fastest shipped model for ``device``, :func:`default_model_path`).  device: ``cpu``, ``cuda``,
+        ``tensorrt`` (onnxruntime's providers), ``trt`` (native TensorRT engine) or ``auto``.
     batch: slices (or tiles) per inference call.  threads: CPU threads for
         inference (None: all).  score_threshold: a spine is reported when its
         best box scores above it (None: the model card's, 0.5 unless the

@@ -143,7 +143,8 @@ def score_series(truth, pred, match_iom: float = MATCH_IOM) -> dict:
     for what, series in (("ground truth", truth), ("prediction", pred)):
         missing = [k for k, b in enumerate(series.boxes) if b is None]
         if missing:
-            raise SpineDetError(f"the {what} lacks the box table of session {missing[0]} (NAME_s{missing[0]}_boxes.csv)")
+            raise SpineDetError(f"the {what} lacks the box table of session {missing[0]} "
+                                f"(NAME_s{missing[0]}_boxes.csv)")
 
     def per_session(series):
         out = [dict() for _ in range(series.n_sessions)]

@@ -151,9 +151,9 @@ class SeriesTables:
     """A series as written: observations as arrays of one row each, per-session box tables, states.
 
     track_id, session, present, spine_id (-1 where empty), in_view (all
-    True where the table has no such column): the observation rows.  boxes: per session, its ``_boxes.csv`` (or None where
-    absent).  states: ``{track_id: state}`` from ``NAME_spines.csv`` (empty
-    where absent).
+    True where the table has no such column): the observation rows.  boxes:
+    per session, its ``_boxes.csv`` (or None where absent).  states:
+    ``{track_id: state}`` from ``NAME_spines.csv`` (empty where absent).
     """
 
     track_id: np.ndarray

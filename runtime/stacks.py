@@ -23,8 +23,8 @@ Slices are read one at a time: from uncompressed contiguous TIFF data by
 reading just that slice's bytes (not a memory map, whose touched pages would
 count against the process's memory), from other TIFFs page by page, from
 OME-Zarr chunk by chunk and from bioio's files plane by plane, so a
-stack larger than memory can be processed in a small, constant footprint.  Every problem is a one-line SpineDetError that
-names the file.
+stack larger than memory can be processed in a small, constant footprint.
+Every problem is a one-line SpineDetError that names the file.
 """
 
 from __future__ import annotations

@@ -186,8 +186,9 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
                 raise SpineDetError(f"session {k}: {exc}") from None
         results.append(result)
         reg = series.registrations[-1]
-        where = "" if k == 0 else (f"; shift x {reg.shift_um[2]:+.2f} y {reg.shift_um[1]:+.2f} z {reg.shift_um[0]:+.2f} "
-                                   f"µm, rotation {reg.rotation_deg:+.2f}°, quality {reg.quality:.2f}")
+        where = "" if k == 0 else (f"; shift x {reg.shift_um[2]:+.2f} y {reg.shift_um[1]:+.2f} "
+                                   f"z {reg.shift_um[0]:+.2f} µm, rotation {reg.rotation_deg:+.2f}°, "
+                                   f"quality {reg.quality:.2f}")
         say(f"session {k}: {label}: {len(spines)} spines ({time.perf_counter() - tick:.1f} s){where}", quiet)
     model_path = str(detector.model_path)
     extra = {"inputs": [label for _, _, label in inputs],
