@@ -225,6 +225,20 @@ def run_stack(path, stem: str, options: RunOptions, progress=None) -> StackOutco
                         os.getpid(), _LOADS[0])
 
 
+def outcome_record(outcome: StackOutcome) -> dict:
+    """One stack's outcome as plain JSON values: its batch row with numbers as numbers (None where empty), its
+    notes and its ``_spines.csv`` (None for a failed stack)."""
+    record = {}
+    for key, value in outcome.row.items():
+        if key in ("pixel_size_um", "z_step_um", "slices", "spines", "seconds"):
+            value = None if value in ("", None) else (int(value) if key in ("slices", "spines") else float(value))
+        elif key == "error":
+            value = value or None
+        record[key] = value
+    return {**record, "notes": list(outcome.notes),
+            "spines_csv": None if outcome.spines_csv is None else str(outcome.spines_csv)}
+
+
 def _number(value) -> str:
     return "" if value is None else f"{value:.6g}"
 

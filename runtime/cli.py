@@ -56,6 +56,7 @@ def spine_run(
         None, "--scheduler", metavar="ADDRESS", help="Run the stacks on the Dask cluster whose scheduler is at "
                                                      "ADDRESS (tcp://host:8786); paths must be valid on its workers."),
     quiet: Quiet = False,
+    as_json: Json = False,
 ):
     """Detect dendritic spines in 3D stacks (or 2D images) and write CSV tables and a JSON summary per input.
 
@@ -117,6 +118,8 @@ def spine_run(
         except SpineDetError as exc:
             fail("spine-run", exc, 1)
         say(f"{sum(o.error is None for o in outcomes)} of {len(outcomes)} stacks done -> {target}", quiet)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "stacks": [batching.outcome_record(o) for o in outcomes]}))
     if any(o.error is not None for o in outcomes):
         raise typer.Exit(1)
 

@@ -84,6 +84,22 @@ def test_bad_inputs_fail_alone_with_one_line_each(good_stack, blob_model, tmp_pa
     assert (rows[1]["slices"], rows[1]["spines"], rows[1]["z_step_um"]) == ("10", "3", "0.5")
 
 
+def test_json_prints_one_object_per_run_and_nothing_else(good_stack, blob_model, tmp_path):
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    out = tmp_path / "out"
+    result = run(text, good_stack, "--model", blob_model, "--out", out, "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)  # stdout holds the JSON object alone; lines for people go to stderr
+    assert report["out"] == str(out)
+    bad, good = report["stacks"]
+    assert bad["file"] == str(text) and "not a TIFF or PNG" in bad["error"] and bad["spines"] is None
+    assert good["error"] is None and (good["slices"], good["spines"], good["z_step_um"]) == (10, 3, 0.5)
+    assert good["spines_csv"] == str(out / "good_spines.csv")
+    assert len(list(csv.DictReader(open(good["spines_csv"])))) == 3
+    assert "spine-run: error: " in result.stderr
+
+
 def test_bad_model_stops_before_any_input(good_stack, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"\x00garbage")
