@@ -6,7 +6,8 @@ the layer's ``units`` (napari's default unit is the pixel, with scale 1).  spine
 * a scale of 1 on every axis is napari's default, so the voxel size is **unknown**: spine-run's rule
   then applies (the model's pixel size is assumed, 0.1 µm/px for the shipped model) and the widget
   says so;
-* with length units (nm, µm, mm, m) the scale is converted to µm;
+* with length units (nm, µm, mm..., :data:`spinedet.runtime.voxels.UM_PER_UNIT`) the scale is converted
+  to µm;
 * otherwise (units "pixel" or none, but a scale other than 1) the scale is taken to be in µm, which is
   what microscopy readers for napari set.
 
@@ -19,10 +20,8 @@ import numpy as np
 
 from spinedet.runtime.context import ASSUMED_Z_STEP_UM
 from spinedet.runtime.errors import SpineDetError
+from spinedet.runtime.voxels import um_per_unit
 
-#: µm per unit of the length units napari layers carry (pint's names and short forms)
-UM_PER_UNIT = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micrometer": 1.0, "micron": 1.0,
-               "mm": 1e3, "millimeter": 1e3, "m": 1e6, "meter": 1e6}
 
 
 def voxel_size_from_scale(scale, units=None, model_pixel_um: float = 0.1) -> tuple[tuple, list[str]]:
@@ -35,7 +34,7 @@ def voxel_size_from_scale(scale, units=None, model_pixel_um: float = 0.1) -> tup
     if len(scale) not in (2, 3):
         raise SpineDetError(f"expected the scale of a (Z, Y, X) or (Y, X) layer, got {len(scale)} values")
     names = [str(u) for u in units][-len(scale):] if units is not None else ["pixel"] * len(scale)
-    factors = [UM_PER_UNIT.get(name.strip().lower()) for name in names]
+    factors = [um_per_unit(name) for name in names]
     if all(f is None for f in factors) and all(v == 1.0 for v in scale):
         z_step = f" and a {ASSUMED_Z_STEP_UM:g} µm z-step" if len(scale) == 3 else ""
         return (None, None, None), [f"the layer's scale is 1 (napari's default), so its voxel size is unknown: "

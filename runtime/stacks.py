@@ -38,16 +38,13 @@ import numpy as np
 
 from .errors import SpineDetError
 from .tables import slice_index_from_name
-from .voxels import VoxelSize, plausible
+from .voxels import VoxelSize, plausible, um_per_unit
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DEPTH_AXES = "ZQI"  # tifffile: Z depth, Q unknown, I image sequence
 #: colour channels within this fraction of the value range of each other are one grey image
 GREY_TOLERANCE = 0.03
-_UNIT_IN_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-               "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
-               "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
 
 
 class Stack:
@@ -469,7 +466,7 @@ def _tiff_voxel_size(tif) -> VoxelSize:
     x_res = _resolution(page)
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
-        scale = _unit_scale(meta.get("unit", ""))
+        scale = um_per_unit(meta.get("unit", ""))
         x_found = x_res * scale if x_res and scale else None
         z_found = float(meta["spacing"]) * scale if meta.get("spacing") and scale else None
         return _believed(x_found, z_found, "ImageJ metadata")
@@ -513,16 +510,10 @@ def _ome_voxel_size(xml: str | None) -> VoxelSize:
         if element.tag.rsplit("}", 1)[-1] == "Pixels":
             def size(axis):
                 value = element.get(f"PhysicalSize{axis}")
-                scale = _unit_scale(element.get(f"PhysicalSize{axis}Unit", "µm"))
+                scale = um_per_unit(element.get(f"PhysicalSize{axis}Unit", "µm"))
                 return float(value) * scale if value and scale else None
             return _believed(size("X"), size("Z"), "OME metadata")
     return VoxelSize()
-
-
-def _unit_scale(unit) -> float | None:
-    if isinstance(unit, bytes):
-        unit = unit.decode("latin-1")
-    return _UNIT_IN_UM.get(str(unit).strip().lower())
 
 
 # --- PNG ----------------------------------------------------------------------------------------------------------

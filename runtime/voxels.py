@@ -26,6 +26,18 @@ PLAUSIBLE_UM = (0.005, 20.0)
 RESCALE_LIMITS = (1 / 8, 5.0)
 #: the most pixels a slice may have after resampling (about 10,000 x 10,000)
 MAX_RESAMPLED_PIXELS = 100_000_000
+#: µm per length unit, for the unit names files and viewers write (OME, ImageJ, NGFF/UDUNITS-2, pint), lower case
+UM_PER_UNIT = {"angstrom": 1e-4, "nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0,
+               "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "mm": 1e3, "millimeter": 1e3,
+               "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6}
+
+
+def um_per_unit(unit) -> float | None:
+    """µm per ``unit`` (a length unit's name or abbreviation, str or bytes; case and spaces ignored), or None
+    for anything that is not a length unit (``"pixel"``, ``"inch"``, empty)."""
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    return UM_PER_UNIT.get(str(unit).strip().lower()) if unit is not None else None
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpineDetError
-from .voxels import VoxelSize
+from .voxels import VoxelSize, um_per_unit
 
 #: NGFF axis names spinedet knows, in the order NGFF requires, as the letters the TIFF path uses
 _AXIS_LETTERS = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
-#: UDUNITS-2 length units of NGFF (and common abbreviations), in µm
-_UNIT_IN_UM = {"angstrom": 1e-4, "nanometer": 1e-3, "nm": 1e-3, "micrometer": 1.0, "micron": 1.0, "um": 1.0,
-               "µm": 1.0, "μm": 1.0, "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "cm": 1e4, "meter": 1e6,
-               "m": 1e6}
 INSTALL = 'pip install "spinedet[zarr]"'
 
 
@@ -133,7 +129,7 @@ def _voxel_size(names, units, scale, believed) -> VoxelSize:
             return None, ""
         k = names.index(name)
         unit, value = units[k], scale[k]
-        factor = _UNIT_IN_UM.get(str(unit).strip().lower()) if unit else None
+        factor = um_per_unit(unit) if unit else None
         if value is None:
             return None, ""
         if factor is None:
