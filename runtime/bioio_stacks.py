@@ -34,7 +34,7 @@ def reads(path: Path) -> bool:
 
 def open_bioio(path: Path, channel: int | None = None, time_point: int | None = None):
     """Open a CZI/ND2/LIF file as a lazily read Stack of ``(Y, X)`` slices (see the module doc)."""
-    from .stacks import Stack, _axis_layout, _believed, _slice_selector
+    from .stacks import _axis_layout, _believed, _layout_stack, _slice_selector
 
     module, package = READERS[path.suffix.lower()]
     kind = path.suffix.lstrip(".").upper()
@@ -77,12 +77,8 @@ def open_bioio(path: Path, channel: int | None = None, time_point: int | None = 
 
     select = _slice_selector(axes, shape, layout, channel, read, path)
     voxel = _believed(_number(sizes.X), _number(sizes.Z), f"{kind} metadata")
-    depth = shape[layout["depth"]] if layout["depth"] is not None else 1
     closer = getattr(image, "close", None) or getattr(getattr(image, "reader", None), "close", None)
-    return Stack(path, path.name.split(".")[0], (depth, shape[axes.index("Y")], shape[axes.index("X")]), dtype,
-                 voxel, select, is_2d=layout["depth"] is None, axes=axes, closer=closer,
-                 time_points=shape[layout["time"]] if layout["time"] is not None else 1,
-                 time_point=layout["time_point"])
+    return _layout_stack(path, axes, shape, layout, dtype, voxel, select, closer)
 
 
 @contextmanager

@@ -209,7 +209,7 @@ def stack_name(path) -> str | None:
 
     path = Path(path)
     if is_zarr(path) or (path.is_file() and reads(path)):
-        return path.name.split(".")[0]
+        return _file_stack_name(path)
     try:
         if path.is_dir():
             named = [slice_index_from_name(p.name) for p in path.iterdir() if p.suffix.lower() == ".png"]
@@ -220,11 +220,12 @@ def stack_name(path) -> str | None:
     except OSError:
         return None
     if magic[:4] in _TIFF_MAGIC:
-        return _tiff_stack_name(path)
+        return _file_stack_name(path)
     return path.stem if magic == _PNG_MAGIC else None
 
 
-def _tiff_stack_name(path: Path) -> str:
+def _file_stack_name(path: Path) -> str:
+    """A stack file's (or OME-Zarr folder's) name: its file name up to the first dot (``a.ome.tif`` -> ``a``)."""
     return path.name.split(".")[0]
 
 
@@ -305,10 +306,16 @@ def _tiff_stack(tif, path: Path, channel, time_point=None):
     layout = _axis_layout(axes, shape, path, time_point)
     reader = _tiff_reader(tif, series, path)
     select = _slice_selector(axes, shape, layout, channel, reader, path)
+    return _layout_stack(path, axes, shape, layout, dtype, _tiff_voxel_size(tif), select, tif.close)
+
+
+def _layout_stack(path: Path, axes: str, shape, layout: dict, dtype, voxel: VoxelSize, select,
+                  closer=None) -> Stack:
+    """The Stack of a file whose axes (``axes``, ``shape``; :func:`_axis_layout` gave ``layout``) are read
+    through ``select`` (:func:`_slice_selector`): TIFF, OME-Zarr and bioio files alike."""
     depth = shape[layout["depth"]] if layout["depth"] is not None else 1
-    ny, nx = shape[axes.index("Y")], shape[axes.index("X")]
-    return Stack(path, _tiff_stack_name(path), (depth, ny, nx), dtype, _tiff_voxel_size(tif), select,
-                 is_2d=layout["depth"] is None, closer=tif.close, axes=axes,
+    return Stack(path, _file_stack_name(path), (depth, shape[axes.index("Y")], shape[axes.index("X")]), dtype,
+                 voxel, select, is_2d=layout["depth"] is None, closer=closer, axes=axes,
                  time_points=shape[layout["time"]] if layout["time"] is not None else 1,
                  time_point=layout["time_point"])
 

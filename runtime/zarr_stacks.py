@@ -39,7 +39,7 @@ def is_zarr(path: Path) -> bool:
 
 def open_zarr(path: Path, channel: int | None = None, time_point: int | None = None):
     """Open the OME-Zarr folder ``path`` as a lazily read Stack of ``(Y, X)`` slices (see the module doc)."""
-    from .stacks import Stack, _axis_layout, _believed, _slice_selector
+    from .stacks import _axis_layout, _believed, _layout_stack, _slice_selector
 
     try:
         import zarr
@@ -78,11 +78,7 @@ def open_zarr(path: Path, channel: int | None = None, time_point: int | None = N
     select = _slice_selector(axes, shape, layout, channel, read, path)
     scale = _scale(image, dataset, len(shape))
     voxel = _voxel_size(names, units, scale, _believed)
-    depth = shape[layout["depth"]] if layout["depth"] is not None else 1
-    return Stack(path, path.name.split(".")[0], (depth, shape[-2], shape[-1]), dtype, voxel, select,
-                 is_2d=layout["depth"] is None, axes=axes,
-                 time_points=shape[layout["time"]] if layout["time"] is not None else 1,
-                 time_point=layout["time_point"])
+    return _layout_stack(path, axes, shape, layout, dtype, voxel, select)
 
 
 def _ome_attributes(group) -> dict:
