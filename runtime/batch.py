@@ -132,7 +132,8 @@ class RunOptions:
 class StackOutcome:
     """What :func:`run_stack` did with one input.
 
-    row: its batch summary row (:data:`BATCH_COLUMNS`); notes: what the run had to assume, one sentence each;
+    row: its batch summary row (:data:`BATCH_COLUMNS`; numbers as numbers, None where unknown or, for a failed
+    stack, not measured; ``error`` None when it succeeded); notes: what the run had to assume, one sentence each;
     error: the one-line error (None: its files were written); spines_csv: its ``_spines.csv``;
     pid, models_loaded: the process that ran it and how many models that process had loaded by then
     (each worker loads one).
@@ -149,7 +150,7 @@ class StackOutcome:
 
     @classmethod
     def failed(cls, path, stem: str, error: str, seconds: float = 0.0) -> "StackOutcome":
-        row = dict.fromkeys(BATCH_COLUMNS, "")
+        row = dict.fromkeys(BATCH_COLUMNS)
         row.update(file=str(path), seconds=round(seconds, 3), error=error)
         return cls(Path(path), stem, row, error=error, pid=os.getpid(), models_loaded=_LOADS[0])
 
@@ -218,29 +219,30 @@ def run_stack(path, stem: str, options: RunOptions, progress=None) -> StackOutco
         if progress is not None:
             progress.close()
     voxel = result.voxel_size
-    row = {"file": str(path), "pixel_size_um": _number(voxel.x_um), "z_step_um": _number(voxel.z_um),
+    row = {"file": str(path), "pixel_size_um": _six_digits(voxel.x_um), "z_step_um": _six_digits(voxel.z_um),
            "slices": result.shape[0], "spines": len(result.spines),
-           "seconds": round(time.perf_counter() - start, 3), "error": ""}
+           "seconds": round(time.perf_counter() - start, 3), "error": None}
     return StackOutcome(path, stem, row, list(result.notes), None, Path(options.out) / f"{stem}_spines.csv",
                         os.getpid(), _LOADS[0])
 
 
 def outcome_record(outcome: StackOutcome) -> dict:
-    """One stack's outcome as plain JSON values: its batch row with numbers as numbers (None where empty), its
-    notes and its ``_spines.csv`` (None for a failed stack)."""
-    record = {}
-    for key, value in outcome.row.items():
-        if key in ("pixel_size_um", "z_step_um", "slices", "spines", "seconds"):
-            value = None if value in ("", None) else (int(value) if key in ("slices", "spines") else float(value))
-        elif key == "error":
-            value = value or None
-        record[key] = value
-    return {**record, "notes": list(outcome.notes),
+    """One stack's outcome as plain JSON values: its batch row, its notes and its ``_spines.csv`` (None for a
+    failed stack)."""
+    return {**outcome.row, "notes": list(outcome.notes),
             "spines_csv": None if outcome.spines_csv is None else str(outcome.spines_csv)}
 
 
-def _number(value) -> str:
-    return "" if value is None else f"{value:.6g}"
+def _six_digits(value: float | None) -> float | None:
+    """A voxel size to the 6 significant digits the batch table shows."""
+    return None if value is None else float(f"{value:.6g}")
+
+
+def _cell(key: str, value) -> str:
+    """A batch row's value as its CSV cell: empty for None, voxel sizes with 6 significant digits."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if key in ("pixel_size_um", "z_step_um") else str(value)
 
 
 def batch_csv_text(outcomes) -> str:
@@ -249,7 +251,7 @@ def batch_csv_text(outcomes) -> str:
     writer = csv.DictWriter(out, BATCH_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for outcome in outcomes:
-        writer.writerow(outcome.row)
+        writer.writerow({key: _cell(key, value) for key, value in outcome.row.items()})
     return out.getvalue()
 
 
