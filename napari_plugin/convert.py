@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinedet.runtime.errors import SpineDetError
+from spinedet.runtime.evaluate import spines_of
 from spinedet.runtime.tables import BoxTable
 
 #: feature values napari gives a rectangle the user draws (see the module docstring)
@@ -97,20 +98,18 @@ def centroids_from_table(table: BoxTable, ndim: int = 3) -> tuple[np.ndarray, di
 
     A point is ``(z, y, x)`` (``(y, x)`` for ``ndim=2``): x, y the centre of the spine's z-averaged box
     (pixels), z the middle of its slice range (slices; may be a half slice).  Features: ``spine_id``,
-    ``z_first``, ``z_last``, ``max_score``.
+    ``z_first``, ``z_last``, ``max_score``.  The table holds one stack's boxes (spine ids count per stack).
     """
     if ndim not in (2, 3):
         raise SpineDetError(f"points are 2D or 3D, not {ndim}D")
-    ids = np.unique(table.spine_id)
-    points = np.zeros((len(ids), ndim))
-    z_first = np.zeros(len(ids), dtype=np.int64)
-    z_last = np.zeros(len(ids), dtype=np.int64)
-    best = np.zeros(len(ids))
-    for k, spine_id in enumerate(ids):
-        rows = table.spine_id == spine_id
-        x0, y0, x1, y1 = table.boxes[rows].mean(axis=0)
-        z_first[k], z_last[k] = table.z[rows].min(), table.z[rows].max()
-        centre = [(y0 + y1) / 2, (x0 + x1) / 2]
-        points[k] = ([(z_first[k] + z_last[k]) / 2] if ndim == 3 else []) + centre
-        best[k] = table.score[rows].max()
-    return points, {"spine_id": ids.astype(np.int64), "z_first": z_first, "z_last": z_last, "max_score": best}
+    stacks = table.stacks()
+    if len(stacks) > 1:
+        raise SpineDetError(f"the table holds the boxes of {len(stacks)} stacks; give one stack's")
+    spines = spines_of(table, stacks[0] if stacks else "")  # mean box and slice range per id, ids sorted
+    x0, y0, x1, y1 = spines.mean_box.T
+    centre = [(y0 + y1) / 2, (x0 + x1) / 2]
+    points = np.column_stack(([(spines.z_first + spines.z_last) / 2] if ndim == 3 else []) + centre)
+    best = np.full(len(spines.spine_id), -np.inf)
+    np.maximum.at(best, np.searchsorted(spines.spine_id, table.spine_id), table.score)
+    return points.reshape(-1, ndim), {"spine_id": spines.spine_id.astype(np.int64), "z_first": spines.z_first,
+                                      "z_last": spines.z_last, "max_score": best}
