@@ -203,7 +203,7 @@ def _source_model(source: Path):
         model, config = load_model(source)  # SpineDetError for a missing or foreign file
         old = load_card(source)
         kept = {"score_threshold": old.score_threshold, "link_threshold": old.link_threshold,
-                "metrics": dict(old.metrics)}
+                "shaft_distance_um": old.shaft_distance_um, "metrics": dict(old.metrics)}
         return model.eval(), config, kept
     try:
         model, config, state = load_checkpoint(source)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpineDetError
+from .postprocess import MAX_AREA_UM2
 from .stacks import is_stack_folder, stack_name, stacks_in
 
 #: the file a run of more than one stack writes into its output folder
@@ -94,7 +95,8 @@ def assign_stems(paths) -> list[str]:
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    """How to build the :class:`~spinedet.runtime.detector.SpineDetector` (model None: the shipped default)."""
+    """How to build the :class:`~spinedet.runtime.detector.SpineDetector` (model None: the shipped default;
+    None for a threshold or the shaft distance: the model card's; shaft distance ``math.inf``: no shaft check)."""
 
     model: Path | None = None
     device: str = "cpu"
@@ -102,14 +104,15 @@ class DetectorOptions:
     threads: int | None = None
     score_threshold: float | None = None
     link_threshold: float | None = None
-    max_area_um2: float | None = None
+    max_area_um2: float | None = MAX_AREA_UM2
+    shaft_distance_um: float | None = None
 
     def load(self):
         from .detector import SpineDetector
 
         return SpineDetector(self.model, device=self.device, batch=self.batch, threads=self.threads,
                              score_threshold=self.score_threshold, max_area_um2=self.max_area_um2,
-                             link_threshold=self.link_threshold)
+                             link_threshold=self.link_threshold, shaft_distance_um=self.shaft_distance_um)
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ def release_detectors() -> None:
 def run_settings(detector, options: RunOptions) -> dict:
     """The ``settings`` of each input's summary JSON."""
     return {"score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold,
-            "max_area_um2": options.detector.max_area_um2, "nms_iom": detector.nms_iom,
+            "max_area_um2": options.detector.max_area_um2, "shaft_distance_um": detector.shaft_distance_um,
+            "nms_iom": detector.nms_iom,
             "link_iom": detector.link_iom, "max_misses": detector.max_misses, "batch": options.detector.batch,
             "device": detector.backend.device, "channel": options.channel}
 

@@ -56,6 +56,9 @@ class ModelCard:
     link_threshold: boxes above this build the tracks across slices, so the
         faint slices of a confident spine extend it in z (the paper's 0.5).
         None: the same as score_threshold (every box must pass it).
+    shaft_distance_um: the runtime drops boxes farther than this (µm) from every
+        large bright structure of their slice's depth context
+        (:mod:`~spinedet.runtime.attachment`); None: no such check (the paper's rule).
     depth_context_um: > 0: the model's second input channel is the maximum projection of the
         slices within this many µm above and below each slice; 0: one channel, the slice.
     metrics: measured validation metrics, free form, reported verbatim.
@@ -71,6 +74,7 @@ class ModelCard:
     rescale_tolerance: float = 0.25
     score_threshold: float = 0.5
     link_threshold: float | None = None
+    shaft_distance_um: float | None = None
     depth_context_um: float = 0.0
     name: str = "unnamed"
     precision: str = "fp32"
@@ -135,6 +139,8 @@ def _check_card(card: ModelCard) -> None:
         raise ValueError("score_threshold must be in [0, 1)")
     if card.link_threshold is not None and not 0 <= card.link_threshold <= card.score_threshold:
         raise ValueError("link_threshold must be in [0, score_threshold]")
+    if card.shaft_distance_um is not None and not 0 <= card.shaft_distance_um <= 100:
+        raise ValueError("shaft_distance_um must be between 0 and 100 µm, or null")
     if not 0 <= card.depth_context_um <= 10:
         raise ValueError("depth_context_um must be between 0 and 10 µm")
 

@@ -17,6 +17,7 @@ Nothing here prints or keeps global state; every user-caused failure is a
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract
+from .attachment import attached
 from .backends import auto_device, open_backend
 from .context import neighbour_projection, reach_slices
 from .errors import SpineDetError
@@ -169,13 +171,16 @@ class SpineDetector:
         model was calibrated).  link_threshold: boxes above it are tracked
         (None: the card's; at most score_threshold).  max_area_um2 (µm²) and
         nms_iom are the paper's post-processing; link_iom and max_misses its
-        tracker.
+        tracker.  shaft_distance_um: a box farther than this (µm) from every
+        large bright structure of its slice's depth context is dropped before
+        tracking (:mod:`~spinedet.runtime.attachment`); None: the card's
+        (no check where the card names none); ``math.inf``: no check.
     """
 
     def __init__(self, model=None, device: str = "cpu", batch: int = DEFAULT_BATCH, threads: int | None = None,
                  score_threshold: float | None = None, max_area_um2: float | None = MAX_AREA_UM2,
                  nms_iom: float = NMS_IOM, link_iom: float = LINK_IOM, max_misses: int = MAX_MISSES,
-                 link_threshold: float | None = None):
+                 link_threshold: float | None = None, shaft_distance_um: float | None = None):
         self.model_path = Path(model) if model is not None else default_model_path(device)
         if not self.model_path.is_file():
             hint = " (no default model is shipped in this install; pass a model file)" if model is None else ""
@@ -201,6 +206,12 @@ class SpineDetector:
         self.nms_iom = float(nms_iom)
         self.link_iom = float(link_iom)
         self.max_misses = int(max_misses)
+        if shaft_distance_um is None:
+            shaft_distance_um = self.card.shaft_distance_um
+        if shaft_distance_um is not None and not shaft_distance_um >= 0:
+            raise SpineDetError(f"shaft distance must be at least 0 µm, got {shaft_distance_um}")
+        #: µm; None: no shaft attachment check
+        self.shaft_distance_um = None if shaft_distance_um in (None, math.inf) else float(shaft_distance_um)
 
     def close(self) -> None:
         """Release the backend (GPU memory; a TensorRT-RTX runtime cache is saved); the detector is not used after."""
@@ -259,12 +270,21 @@ class SpineDetector:
             scores.extend(s)
         return boxes, scores
 
-    def postprocess(self, boxes, scores, pixel_size_um: float | None):
-        """Link threshold, area cap and IoM-NMS for one slice's raw boxes: the boxes the tracker sees."""
+    def postprocess(self, boxes, scores, pixel_size_um: float | None, context=None):
+        """Link threshold, area cap, IoM-NMS and shaft attachment for one slice's raw boxes: the boxes the tracker sees.
+
+        context: the raw ``(Y, X)`` image the attachment check looks at (the
+        slice's depth context, or the slice); None: no attachment check.
+        """
+        pixel = pixel_size_um or self.card.pixel_size_um
         cap = None
         if self.max_area_um2 is not None:
-            cap = max_area_pixels(self.max_area_um2, pixel_size_um or self.card.pixel_size_um)
-        return filter_detections(boxes, scores, self.link_threshold, cap, self.nms_iom)
+            cap = max_area_pixels(self.max_area_um2, pixel)
+        boxes, scores = filter_detections(boxes, scores, self.link_threshold, cap, self.nms_iom)
+        if context is not None and self.shaft_distance_um is not None and len(boxes):
+            keep = attached(context, boxes, pixel, self.shaft_distance_um)
+            boxes, scores = boxes[keep], scores[keep]
+        return boxes, scores
 
     def tracker(self) -> SliceTracker:
         """A fresh tracker with this detector's settings (tracks need a box above score_threshold)."""
@@ -277,8 +297,9 @@ class SpineDetector:
         decreasing score.  Of a lone image, the spines are the boxes above
         :attr:`score_threshold`; in a stack, the tracker decides.
         """
-        return [self.postprocess(boxes, scores, pixel_size_um)
-                for boxes, scores in self.raw_detections(images, pixel_size_um, intensity_range, contexts)]
+        raw = self.raw_detections(images, pixel_size_um, intensity_range, contexts)
+        return [self.postprocess(boxes, scores, pixel_size_um, image if contexts is None else contexts[k])
+                for k, (image, (boxes, scores)) in enumerate(zip(images, raw))]
 
     def context_reach(self, z_step_um: float | None) -> int | None:
         """Slices on each side in a slice's depth context at ``z_step_um`` (None: the model takes none)."""
@@ -311,7 +332,8 @@ class SpineDetector:
                 raw = self.raw_detections(chunk, voxel.x_um, intensity_range, contexts)
             for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
                 with clock("postprocess"):
-                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um)
+                    context = image if contexts is None else contexts[offset]
+                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um, context)
                 yield z_index[start + offset], image, boxes, scores
             if progress is not None:
                 progress(stop, len(slices))

@@ -1,0 +1,121 @@
+"""The shaft attachment check (runtime/attachment.py): spines sit on dendrites, puncta do not."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from blob_model import blob_image, build_blob_model
+from typer.testing import CliRunner
+
+from spinedet.runtime.attachment import attached, large_regions, shaft_distance
+from spinedet.runtime.cli import run_app
+from spinedet.runtime.contract import load_card
+from spinedet.runtime.detector import SpineDetector, shipped_model_path
+
+
+def scene(pixel_um, field_um=25.6, shaft=((2.0, 22.0), 8.0), objects=()):
+    """A ``(Y, X)`` image of a horizontal shaft 1 µm wide (x range and y centre in µm) and round objects
+    ``(x, y, radius)`` in µm, drawn at ``pixel_um``; background 10, structures 100."""
+    n = int(round(field_um / pixel_um))
+    y, x = (np.mgrid[0:n, 0:n] + 0.5) * pixel_um
+    image = np.full((n, n), 10.0, dtype=np.float32)
+    if shaft is not None:
+        (x0, x1), yc = shaft
+        image[(x >= x0) & (x <= x1) & (abs(y - yc) <= 0.5)] = 100.0
+    for cx, cy, r in objects:
+        image[(x - cx) ** 2 + (y - cy) ** 2 <= r * r] = 100.0
+    return image
+
+
+def boxes_um(objects, pixel_um):
+    """Pixel boxes around the objects ``(x, y, radius)`` (µm)."""
+    return np.array([[cx - r, cy - r, cx + r, cy + r] for cx, cy, r in objects]) / pixel_um
+
+
+#: a head on the shaft, a head 0.6 µm off it (its neck too faint to see), a punctum 9.6 µm away
+OBJECTS = [(10.0, 8.9, 0.4), (14.0, 6.5, 0.4), (12.0, 18.0, 0.4)]
+
+
+@pytest.mark.parametrize("pixel_um", [0.1, 0.065, 0.15])
+def test_heads_on_or_near_a_shaft_are_attached_and_a_lone_punctum_is_not(pixel_um):
+    image = scene(pixel_um, objects=OBJECTS)
+    distance = shaft_distance(image, boxes_um(OBJECTS, pixel_um), pixel_um)
+    assert distance[0] == 0
+    assert 0.3 < distance[1] < 0.9  # the 0.6 µm gap, less the smoothing
+    assert distance[2] > 8
+    assert attached(image, boxes_um(OBJECTS, pixel_um), pixel_um).tolist() == [True, True, False]
+    assert attached(image, boxes_um(OBJECTS, pixel_um), pixel_um, max_distance_um=10).tolist() == [True] * 3
+
+
+def test_a_short_dendrite_alone_in_its_field_is_a_shaft():
+    """A field showing 4 µm of dendrite (4 µm², below the 10 µm² rule): it is the largest thing there."""
+    objects = [(11.0, 8.9, 0.4), (12.0, 18.0, 0.4)]
+    image = scene(0.1, shaft=((9.0, 13.0), 8.0), objects=objects)
+    assert attached(image, boxes_um(objects, 0.1), 0.1).tolist() == [True, False]
+
+
+def test_a_dendrite_cut_by_the_border_is_a_shaft():
+    """A 2 µm stump entering from the left edge counts, however little of it the crop shows."""
+    image = scene(0.1, objects=[(2.0, 20.0, 0.4)])
+    image[(np.arange(256)[:, None] // 10 == 18) & (np.arange(256)[None, :] < 20)] = 100.0  # y 18-19 µm, x 0-2 µm
+    assert large_regions(image, 0.1)[185, 5]
+    assert attached(image, boxes_um([(2.0, 20.0, 0.4)], 0.1), 0.1).tolist() == [True]
+
+
+def test_an_image_without_contrast_keeps_every_box():
+    boxes = [[10, 10, 20, 20], [50, 50, 60, 60]]
+    assert np.isnan(shaft_distance(np.full((64, 64), 7.0), boxes, 0.1)).all()
+    assert attached(np.full((64, 64), 7.0), boxes, 0.1).tolist() == [True, True]
+    assert shaft_distance(np.zeros((64, 64)), np.zeros((0, 4)), 0.1).shape == (0,)
+
+
+def attachment_image():
+    """128 x 128 at 0.1 µm: a dim shaft across the field (too dim for the blob model's peaks), a bright head on
+    it, and a bright punctum 6 µm away from it."""
+    image = blob_image((128, 128), [(40, 50), (90, 110)], sigma=2.0, noise=3, seed=1)
+    image[40:48, :] += 250.0
+    return image.astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def shaft_model(tmp_path_factory):
+    """The blob model with a card that asks for the check, as the shipped model's does."""
+    return build_blob_model(tmp_path_factory.mktemp("shaft") / "blob.onnx", card_extra={"shaft_distance_um": 1.0})
+
+
+def test_the_detector_drops_detached_boxes_when_its_card_asks(blob_model, shaft_model):
+    image = attachment_image()
+    plain = SpineDetector(blob_model).detect(image).spines
+    checked = SpineDetector(shaft_model).detect(image).spines
+    assert len(plain) == 2
+    assert len(checked) == 1
+    assert np.allclose(checked[0].centroid_px[:2], (40, 50), atol=3)  # the head on the shaft, not the punctum
+    assert SpineDetector(shaft_model, shaft_distance_um=float("inf")).shaft_distance_um is None
+    assert len(SpineDetector(shaft_model, shaft_distance_um=float("inf")).detect(image).spines) == 2
+    assert len(SpineDetector(blob_model, shaft_distance_um=1.0).detect(image).spines) == 1
+    # a stack: the check looks at each slice (here its own context), so the punctum is dropped in every slice
+    stack = np.stack([image] * 4)
+    assert len(SpineDetector(shaft_model).detect(stack, voxel_size=(0.5, 0.1, 0.1)).spines) == 1
+
+
+def test_spine_run_shaft_options(shaft_model, tmp_path):
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, attachment_image(), imagej=True, resolution=(10, 10), metadata={"unit": "um"})
+    runner = CliRunner()
+    counts = {}
+    for name, extra in {"card": [], "off": ["--no-shaft-check"], "far": ["--shaft-distance", "8"]}.items():
+        out = tmp_path / name
+        result = runner.invoke(run_app, [str(path), "--model", str(shaft_model), "--out", str(out), "-q", *extra])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "field_summary.json").read_text())
+        counts[name] = (summary["n_spines"], summary["settings"]["shaft_distance_um"])
+    assert counts == {"card": (1, 1.0), "off": (2, None), "far": (2, 8.0)}
+    result = runner.invoke(run_app, [str(path), "--model", str(shaft_model), "--out", str(tmp_path / "bad"),
+                                     "--shaft-distance", "-1"])
+    assert result.exit_code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_card_asks_for_the_check():
+    assert load_card(shipped_model_path()).shaft_distance_um == 1.0
+    assert load_card(shipped_model_path("spinedet_default_trt.onnx")).shaft_distance_um == 1.0
