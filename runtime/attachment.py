@@ -68,11 +68,13 @@ def large_regions(image: np.ndarray, pixel_size_um: float, smooth_um: float = SM
 
 
 def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: float = SMOOTH_UM,
-                   min_area_um2: float = MIN_AREA_UM2) -> np.ndarray:
+                   min_area_um2: float = MIN_AREA_UM2, within_um: float = 10.0) -> np.ndarray:
     """Distance in µm from each box ``(N, 4)`` (pixels of ``image``) to the nearest large bright region.
 
-    0 for a box that touches one; inf when the image has none; nan for every
-    box when the image has no contrast.
+    0 for a box that touches one; inf when there is none within ``within_um``
+    (µm) of the box; nan for every box when the image has no contrast.  Only
+    a window around each box is searched, so the cost grows with the boxes,
+    not with the image.
     """
     b = as_boxes(boxes)
     if len(b) == 0:
@@ -80,15 +82,22 @@ def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: fl
     mask = large_regions(image, pixel_size_um, smooth_um, min_area_um2)
     if mask is None:
         return np.full(len(b), np.nan)
-    if not mask.any():
-        return np.full(len(b), np.inf)
-    distance = ndi.distance_transform_edt(~mask) * pixel_size_um
-    h, w = distance.shape
+    h, w = mask.shape
+    reach = int(np.ceil(within_um / pixel_size_um))
     x0 = np.clip(np.floor(b[:, 0]).astype(int), 0, w - 1)
     y0 = np.clip(np.floor(b[:, 1]).astype(int), 0, h - 1)
     x1 = np.clip(np.ceil(b[:, 2]).astype(int), x0, w - 1)
     y1 = np.clip(np.ceil(b[:, 3]).astype(int), y0, h - 1)
-    return np.array([distance[a:c + 1, l:r + 1].min() for l, a, r, c in zip(x0, y0, x1, y1)])
+    out = np.full(len(b), np.inf)
+    for k in range(len(b)):
+        top, left = max(y0[k] - reach, 0), max(x0[k] - reach, 0)
+        ys, xs = np.nonzero(mask[top:y1[k] + reach + 1, left:x1[k] + reach + 1])
+        if len(ys):
+            dx = np.maximum(np.maximum(x0[k] - (xs + left), (xs + left) - x1[k]), 0)
+            dy = np.maximum(np.maximum(y0[k] - (ys + top), (ys + top) - y1[k]), 0)
+            nearest = float(np.sqrt((dx * dx + dy * dy).min())) * pixel_size_um
+            out[k] = nearest if nearest <= within_um else np.inf
+    return out
 
 
 def attached(image: np.ndarray, boxes, pixel_size_um: float, max_distance_um: float = MAX_DISTANCE_UM,
@@ -97,5 +106,5 @@ def attached(image: np.ndarray, boxes, pixel_size_um: float, max_distance_um: fl
 
     An image without contrast keeps every box.
     """
-    distance = shaft_distance(image, boxes, pixel_size_um, smooth_um, min_area_um2)
+    distance = shaft_distance(image, boxes, pixel_size_um, smooth_um, min_area_um2, within_um=max_distance_um)
     return np.isnan(distance) | (distance <= max_distance_um)
