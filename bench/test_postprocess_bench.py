@@ -66,3 +66,32 @@ def test_postprocess_track_and_measure_fluorescence_60_slices(benchmark, raw):
     images = np.random.default_rng(1).integers(0, 4000, (SLICES, SIZE, SIZE)).astype(np.uint16)
     tracks = benchmark(postprocess_and_track, raw, images)
     benchmark.extra_info["spines"] = len(tracks)
+
+
+def dendrite_slices(seed=0):
+    """``(SLICES, SIZE, SIZE)`` uint16: three 1 µm-wide shafts across the field (0.1 µm/px), spine heads on them,
+    puncta between them, Poisson noise: what the shaft attachment check looks at."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    base = np.full((SIZE, SIZE), 20.0)
+    for k in range(3):
+        a, b = rng.uniform(-0.5, 0.5), rng.uniform(80, SIZE - 80)
+        base[np.abs(yy - (a * xx + b)) < 5 * np.sqrt(1 + a * a)] += 200  # 10 px = 1 µm wide
+    for x, y in rng.uniform(0, SIZE, (60, 2)):
+        base += 150 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2))
+    return rng.poisson(np.broadcast_to(base, (SLICES, SIZE, SIZE))).astype(np.uint16)
+
+
+def test_shaft_check_60_slices(benchmark, raw):
+    """The attachment check (runtime/attachment.py) on each slice's boxes above 0.5: its cost per stack."""
+    from spinedet.runtime.attachment import attached
+
+    images = dendrite_slices()
+    kept = [filter_detections(boxes, scores, 0.5, 2000.0, 0.5) for boxes, scores in raw]
+
+    def check():
+        return sum(int(attached(image, boxes, 0.1).sum()) for image, (boxes, _) in zip(images, kept))
+
+    attached_boxes = benchmark(check)
+    benchmark.extra_info["boxes"] = sum(len(b) for b, _ in kept)
+    benchmark.extra_info["attached"] = attached_boxes

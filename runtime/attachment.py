@@ -8,7 +8,8 @@ if it lies within ``max_distance_um`` of a *large* bright structure of the
 image around it (the slice's depth context for a stack, the image itself
 for a 2D image):
 
-1. smooth the image with a Gaussian of ``smooth_um`` (µm; shot noise);
+1. bin the image to pixels of about 0.2 µm and smooth it with a Gaussian of
+   ``smooth_um`` (µm; shot noise);
 2. bright = above Otsu's threshold of the smoothed image (scikit-image);
 3. large = a connected bright region of at least ``min_area_um2`` (µm²) or
    of ``relative_area`` x the area of the image's largest bright region,
@@ -44,27 +45,48 @@ MIN_AREA_UM2 = 10.0
 RELATIVE_AREA = 0.2
 #: a box within this distance (µm) of a shaft is attached to it
 MAX_DISTANCE_UM = 1.0
+#: the regions are found on the image binned to pixels of at most this size (µm): a quarter of the work at
+#: 0.1 µm/px, distances in steps of 0.2 µm against the 1 µm allowed
+WORK_PIXEL_UM = 0.2
+
+
+def binned(image: np.ndarray, pixel_size_um: float) -> tuple[np.ndarray, int]:
+    """``(image, factor)``: ``image`` (raw ``(Y, X)``) averaged over ``factor`` x ``factor`` pixel blocks, the
+    factor the largest integer that keeps the binned pixels within :data:`WORK_PIXEL_UM` (µm); edges are
+    padded with their last row or column.  Binned pixel ``(i, j)`` covers pixels ``[i f, (i + 1) f)``."""
+    image = np.asarray(image, dtype=np.float32)
+    factor = max(1, int(WORK_PIXEL_UM / pixel_size_um + 1e-9))
+    if factor == 1:
+        return image, 1
+    h, w = image.shape
+    padded = np.pad(image, ((0, -h % factor), (0, -w % factor)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+    return blocks.mean(axis=(1, 3)), factor
 
 
 def large_regions(image: np.ndarray, pixel_size_um: float, smooth_um: float = SMOOTH_UM,
-                  min_area_um2: float = MIN_AREA_UM2, relative_area: float = RELATIVE_AREA) -> np.ndarray | None:
-    """Boolean ``(Y, X)`` mask of the large bright regions of ``image`` (raw ``(Y, X)``; pixel size in µm).
+                  min_area_um2: float = MIN_AREA_UM2,
+                  relative_area: float = RELATIVE_AREA) -> tuple[np.ndarray | None, int]:
+    """``(mask, factor)``: the large bright regions of ``image`` (raw ``(Y, X)``; pixel size in µm) as a
+    boolean mask of the image binned by ``factor`` (:func:`binned`).
 
-    None when the image has no contrast at all (nothing can be said).
+    The mask is None when the image has no contrast at all (nothing can be said).
     """
-    smoothed = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), max(smooth_um / pixel_size_um, 0.5))
+    image, factor = binned(image, pixel_size_um)
+    pixel = pixel_size_um * factor
+    smoothed = ndi.gaussian_filter(image, max(smooth_um / pixel, 0.5))
     if not np.ptp(smoothed) > 0:
-        return None
+        return None, factor
     bright = smoothed > threshold_otsu(smoothed)
     labels, n = ndi.label(bright, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
-        return bright
-    area = np.bincount(labels.ravel(), minlength=n + 1) * pixel_size_um ** 2
+        return bright, factor
+    area = np.bincount(labels.ravel(), minlength=n + 1) * pixel ** 2
     large = area >= min(min_area_um2, relative_area * area[1:].max())
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     large[border] = True
     large[0] = False
-    return large[labels]
+    return large[labels], factor
 
 
 def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: float = SMOOTH_UM,
@@ -72,18 +94,21 @@ def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: fl
     """Distance in µm from each box ``(N, 4)`` (pixels of ``image``) to the nearest large bright region.
 
     0 for a box that touches one; inf when there is none within ``within_um``
-    (µm) of the box; nan for every box when the image has no contrast.  Only
-    a window around each box is searched, so the cost grows with the boxes,
-    not with the image.
+    (µm) of the box; nan for every box when the image has no contrast.
+    Measured on the binned image (:func:`binned`: steps of up to
+    :data:`WORK_PIXEL_UM`), and only in a window around each box, so the
+    cost grows with the boxes, not with the image.
     """
     b = as_boxes(boxes)
     if len(b) == 0:
         return np.zeros(0)
-    mask = large_regions(image, pixel_size_um, smooth_um, min_area_um2)
+    mask, factor = large_regions(image, pixel_size_um, smooth_um, min_area_um2)
     if mask is None:
         return np.full(len(b), np.nan)
+    b = b / factor
+    pixel = pixel_size_um * factor
     h, w = mask.shape
-    reach = int(np.ceil(within_um / pixel_size_um))
+    reach = int(np.ceil(within_um / pixel))
     x0 = np.clip(np.floor(b[:, 0]).astype(int), 0, w - 1)
     y0 = np.clip(np.floor(b[:, 1]).astype(int), 0, h - 1)
     x1 = np.clip(np.ceil(b[:, 2]).astype(int), x0, w - 1)
@@ -95,7 +120,7 @@ def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: fl
         if len(ys):
             dx = np.maximum(np.maximum(x0[k] - (xs + left), (xs + left) - x1[k]), 0)
             dy = np.maximum(np.maximum(y0[k] - (ys + top), (ys + top) - y1[k]), 0)
-            nearest = float(np.sqrt((dx * dx + dy * dy).min())) * pixel_size_um
+            nearest = float(np.sqrt((dx * dx + dy * dy).min())) * pixel
             out[k] = nearest if nearest <= within_um else np.inf
     return out
 
