@@ -1,7 +1,9 @@
 """The "Detect spines" dock widget: spine-run on a napari image layer.
 
 Pick the image layer, the model (empty: the shipped default for the device, as spine-run picks it),
-the score threshold (the model card's by default), and "maximum projection" for the fast 2D mode.  The
+the score threshold (the model card's by default), whether a spine must sit on a dendrite (the shaft
+check of :mod:`~spinedet.runtime.attachment`, on where the card asks for it, as in spine-run), and
+"maximum projection" for the fast 2D mode.  The
 voxel size comes from the layer's scale (:func:`~.voxels.voxel_size_from_scale`).  Detection runs in a
 worker thread (napari's ``create_worker``), so the viewer stays live; the result is added as the same
 two layers the ``_boxes.csv`` reader gives (rectangles and centroids), placed over the image.  A
@@ -10,12 +12,14 @@ failure is one line in a napari notification (set ``SPINEDET_DEBUG=1`` for the t
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
+from spinedet.runtime.attachment import MAX_DISTANCE_UM
 from spinedet.runtime.backends import DEVICES
 from spinedet.runtime.contract import load_card
 from spinedet.runtime.detector import SpineDetector, default_model_path
@@ -53,11 +57,14 @@ class DetectWidget(Container):
         self.device = ComboBox(label="device", choices=list(DEVICES), value="cpu")
         self.score_threshold = FloatSpinBox(label="score threshold", min=0.0, max=0.99, step=0.01,
                                             tooltip="a spine's best box must score above this (default: the card's)")
+        self.shaft_check = CheckBox(text="spines sit on a dendrite (shaft check)", value=False,
+                                    tooltip="drop boxes farther than the card's distance (else 1 µm) from every "
+                                            "large bright structure: isolated puncta, out-of-focus clouds")
         self.mip = CheckBox(text="maximum projection (fast 2D)", value=False)
         self.run_button = PushButton(text="Detect spines")
         self.status = Label(value="")
-        super().__init__(widgets=[self.image, self.model, self.device, self.score_threshold, self.mip,
-                                  self.run_button, self.status])
+        super().__init__(widgets=[self.image, self.model, self.device, self.score_threshold, self.shaft_check,
+                                  self.mip, self.run_button, self.status])
         self.worker = None
         self._detectors: dict = {}
         self.model.changed.connect(self._card_threshold)
@@ -89,18 +96,28 @@ class DetectWidget(Container):
         return Path(text) if text else default_model_path(self.device.value)
 
     def _card_threshold(self, _value=None) -> None:
-        """Show the chosen model card's score threshold."""
+        """Show the chosen model card's score threshold and whether it asks for the shaft check."""
         try:
-            self.score_threshold.value = load_card(self.model_path()).score_threshold
+            card = load_card(self.model_path())
         except SpineDetError as exc:
             self._error(exc)
+            return
+        self.score_threshold.value = card.score_threshold
+        self.shaft_check.value = card.shaft_distance_um is not None
+
+    def _shaft_distance(self) -> float:
+        """µm for the detector: the card's distance (else the default) when checked, inf (no check) when not."""
+        if not self.shaft_check.value:
+            return math.inf
+        return load_card(self.model_path()).shaft_distance_um or MAX_DISTANCE_UM
 
     # --- running ---------------------------------------------------------------------------------------------------
 
     def _detector(self) -> SpineDetector:
-        key = (self.model_path(), self.device.value, round(float(self.score_threshold.value), 4))
+        key = (self.model_path(), self.device.value, round(float(self.score_threshold.value), 4),
+               self._shaft_distance())
         if key not in self._detectors:  # one loaded model at a time: free the last one's backend
-            detector = SpineDetector(key[0], device=key[1], score_threshold=key[2])
+            detector = SpineDetector(key[0], device=key[1], score_threshold=key[2], shaft_distance_um=key[3])
             for old in self._detectors.values():
                 old.close()
             self._detectors = {key: detector}

@@ -120,3 +120,31 @@ def test_spine_run_shaft_options(shaft_model, tmp_path):
 def test_the_shipped_card_asks_for_the_check():
     assert load_card(shipped_model_path()).shaft_distance_um == 1.0
     assert load_card(shipped_model_path("spinedet_default_trt.onnx")).shaft_distance_um == 1.0
+
+
+def _real_spines(root, split):
+    from spinedet.runtime.stacks import read_image
+    from spinedet.training.labels import load_real2d_mdg
+
+    for item in load_real2d_mdg(root / "real2d-mdg", split):
+        yield item.path.name, np.asarray(read_image(item.path)).reshape(item.height, item.width), item.boxes
+
+
+@pytest.mark.parametrize("pixel_um", [0.065, 0.1, 0.2])
+def test_every_labelled_real_spine_of_real2d_mdg_val_is_attached(shared_data, pixel_um):
+    """Another lab's real images (dendrites on black, fields of 512 px, pixel size not stated): the rule keeps every
+    labelled spine, whole images and 128-px crops, whatever pixel size is assumed."""
+    for name, image, boxes in _real_spines(shared_data, "val"):
+        assert attached(image, boxes, pixel_um).all(), name
+        for y, x in ((0, 0), (192, 192), (384, 384)):
+            inside = (boxes[:, 0] >= x) & (boxes[:, 1] >= y) & (boxes[:, 2] < x + 128) & (boxes[:, 3] < y + 128)
+            crop_boxes = boxes[inside] - [x, y, x, y]
+            assert attached(image[y:y + 128, x:x + 128], crop_boxes, pixel_um).all(), (name, y, x)
+
+
+@pytest.mark.slow
+def test_every_labelled_real_spine_of_real2d_mdg_train_is_attached(shared_data):
+    """The same over the 200 train images (1,276 spines; 512 and 1024 px fields) at 0.05-0.2 µm/px."""
+    for name, image, boxes in _real_spines(shared_data, "train"):
+        for pixel_um in (0.05, 0.1, 0.2):
+            assert attached(image, boxes, pixel_um).all(), (name, pixel_um)

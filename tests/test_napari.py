@@ -313,12 +313,19 @@ def test_widget_runs_the_shipped_model_by_default(qtbot, notifications):
     assert widget.model_path() == default_model_path("cpu")
     card_threshold = SpineDetector().score_threshold
     assert widget.score_threshold.value == pytest.approx(card_threshold)
+    assert widget.shaft_check.value  # the shipped card asks for the shaft check
     _run_widget(qtbot, widget)
     expected = SpineDetector().detect(synth.image, voxel_size=synth.voxel_size).table
     shapes = viewer.layers["synth boxes"]
     assert len(expected) > 0 and shapes.nshapes == len(expected)
     assert shapes.features["spine_id"].tolist() == expected.spine_id.tolist()
     assert notifications == []
+    assert widget._detector().shaft_distance_um == 1.0
+    widget.shaft_check.value = False  # unchecked: spine-run --no-shaft-check
+    assert widget._detector().shaft_distance_um is None
+    _run_widget(qtbot, widget)
+    unchecked = SpineDetector(shaft_distance_um=float("inf")).detect(synth.image, voxel_size=synth.voxel_size)
+    assert widget.status.value.startswith(f"{len(unchecked.spines)} spine")
 
 
 # --- drawing: a real viewer (OpenGL) -----------------------------------------------------------------------------
