@@ -65,11 +65,16 @@ def binned(image: np.ndarray, pixel_size_um: float) -> tuple[np.ndarray, int]:
 
 
 def large_regions(image: np.ndarray, pixel_size_um: float, smooth_um: float = SMOOTH_UM,
-                  min_area_um2: float = MIN_AREA_UM2,
-                  relative_area: float = RELATIVE_AREA) -> tuple[np.ndarray | None, int]:
+                  min_area_um2: float = MIN_AREA_UM2, relative_area: float = RELATIVE_AREA,
+                  boxes=None) -> tuple[np.ndarray | None, int]:
     """``(mask, factor)``: the large bright regions of ``image`` (raw ``(Y, X)``; pixel size in µm) as a
     boolean mask of the image binned by ``factor`` (:func:`binned`).
 
+    boxes: the detections ``(N, 4)`` (pixels) the mask will judge.  Bright
+    is above Otsu's threshold, but never above the midpoint between the
+    background (the median) and the typical box's peak: a soma or a vessel
+    far brighter than the dendrites would otherwise lift Otsu's threshold
+    above the dendrites, and every spine would seem detached.
     The mask is None when the image has no contrast at all (nothing can be said).
     """
     image, factor = binned(image, pixel_size_um)
@@ -77,7 +82,13 @@ def large_regions(image: np.ndarray, pixel_size_um: float, smooth_um: float = SM
     smoothed = ndi.gaussian_filter(image, max(smooth_um / pixel, 0.5))
     if not np.ptp(smoothed) > 0:
         return None, factor
-    bright = smoothed > threshold_otsu(smoothed)
+    threshold = threshold_otsu(smoothed)
+    if boxes is not None and len(boxes):
+        background = float(np.median(smoothed))
+        cells = _cells(boxes, factor, smoothed.shape)
+        peak = float(np.median([smoothed[a:c + 1, l:r + 1].max() for l, a, r, c in cells]))
+        threshold = min(threshold, background + 0.5 * (peak - background))
+    bright = smoothed > threshold
     labels, n = ndi.label(bright, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
         return bright, factor
@@ -87,6 +98,17 @@ def large_regions(image: np.ndarray, pixel_size_um: float, smooth_um: float = SM
     large[border] = True
     large[0] = False
     return large[labels], factor
+
+
+def _cells(boxes, factor: int, shape) -> np.ndarray:
+    """``(N, 4)`` int: the binned pixels ``(x0, y0, x1, y1)``, inclusive, that boxes ``(N, 4)`` (pixels) cover."""
+    b = as_boxes(boxes) / factor
+    h, w = shape
+    x0 = np.clip(np.floor(b[:, 0]).astype(int), 0, w - 1)
+    y0 = np.clip(np.floor(b[:, 1]).astype(int), 0, h - 1)
+    x1 = np.clip(np.ceil(b[:, 2]).astype(int), x0, w - 1)
+    y1 = np.clip(np.ceil(b[:, 3]).astype(int), y0, h - 1)
+    return np.stack([x0, y0, x1, y1], axis=1)
 
 
 def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: float = SMOOTH_UM,
@@ -102,17 +124,12 @@ def shaft_distance(image: np.ndarray, boxes, pixel_size_um: float, smooth_um: fl
     b = as_boxes(boxes)
     if len(b) == 0:
         return np.zeros(0)
-    mask, factor = large_regions(image, pixel_size_um, smooth_um, min_area_um2)
+    mask, factor = large_regions(image, pixel_size_um, smooth_um, min_area_um2, boxes=b)
     if mask is None:
         return np.full(len(b), np.nan)
-    b = b / factor
     pixel = pixel_size_um * factor
-    h, w = mask.shape
     reach = int(np.ceil(within_um / pixel))
-    x0 = np.clip(np.floor(b[:, 0]).astype(int), 0, w - 1)
-    y0 = np.clip(np.floor(b[:, 1]).astype(int), 0, h - 1)
-    x1 = np.clip(np.ceil(b[:, 2]).astype(int), x0, w - 1)
-    y1 = np.clip(np.ceil(b[:, 3]).astype(int), y0, h - 1)
+    x0, y0, x1, y1 = _cells(b, factor, mask.shape).T
     out = np.full(len(b), np.inf)
     for k in range(len(b)):
         top, left = max(y0[k] - reach, 0), max(x0[k] - reach, 0)

@@ -64,6 +64,15 @@ def test_a_dendrite_cut_by_the_border_is_a_shaft():
     assert attached(image, boxes_um([(2.0, 20.0, 0.4)], 0.1), 0.1).tolist() == [True]
 
 
+def test_a_soma_far_brighter_than_the_dendrites_does_not_detach_every_spine():
+    """A 4 µm-radius soma 20x brighter than the shaft would lift Otsu's threshold above the shaft; the threshold
+    is kept below the boxes' own brightness, so the heads stay attached and the punctum stays alone."""
+    image = scene(0.1, objects=OBJECTS)
+    y, x = (np.mgrid[0:256, 0:256] + 0.5) * 0.1
+    image[(x - 20) ** 2 + (y - 20) ** 2 <= 16] = 2000.0
+    assert attached(image, boxes_um(OBJECTS, 0.1), 0.1).tolist() == [True, True, False]
+
+
 def test_an_image_without_contrast_keeps_every_box():
     boxes = [[10, 10, 20, 20], [50, 50, 60, 60]]
     assert np.isnan(shaft_distance(np.full((64, 64), 7.0), boxes, 0.1)).all()
