@@ -162,10 +162,20 @@ def intensity_range(slices, card: ModelCard, max_pixels: int = 2_000_000) -> tup
         step = max(1, flat.size // per_slice)
         samples.append(flat[::step].astype(np.float32))
     sample = np.concatenate(samples)
+    require_finite(sample)
     low, high = np.percentile(sample, [card.low_percentile, card.high_percentile])
     if high <= low:  # mostly constant: fall back to the full range
         low, high = float(sample.min()), float(sample.max())
     return float(low), float(high)
+
+
+def require_finite(pixels) -> None:
+    """Raise SpineDetError if an array of pixels holds NaN or infinity (floating-point data only)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        bad = int(np.count_nonzero(~np.isfinite(pixels)))
+        raise SpineDetError(f"{bad} of {pixels.size:,} pixels read are NaN or infinite (padding from registration?): "
+                            f"replace them with a number, such as 0 or the background, first")
 
 
 def normalise(image, low: float, high: float) -> np.ndarray:

@@ -236,6 +236,8 @@ class SpineDetector:
         context (a lone 2D image).  A one-channel model ignores them.
         Returns one ``(boxes (M, 4), scores (M,))`` per image.
         """
+        for image in images:  # a slice the range was not sampled from may still hold NaN
+            contract.require_finite(image)
         tiles, owners, plans = model_tiles(images, self.card, pixel_size_um, intensity_range, contexts)
         raw_boxes, raw_scores = self._run_tiles(tiles)
         per_image = [([], []) for _ in images]

@@ -67,18 +67,23 @@ def test_bad_inputs_fail_alone_with_one_line_each(good_stack, blob_model, tmp_pa
     text.write_text("hello")
     blank = tmp_path / "blank.tif"
     tifffile.imwrite(blank, np.zeros((3, 64, 64), np.uint8), photometric="minisblack")
+    padded = tmp_path / "padded.tif"
+    tifffile.imwrite(padded, np.pad(np.ones((3, 60, 60), np.float32), ((0, 0), (4, 0), (0, 0)),
+                                    constant_values=np.nan), imagej=True, metadata={"axes": "ZYX"})
     out = tmp_path / "out"
-    result = run(text, good_stack, tmp_path / "missing.tif", blank, "--model", blob_model, "--out", out, "-q")
+    result = run(text, good_stack, tmp_path / "missing.tif", blank, padded, "--model", blob_model, "--out", out,
+                 "-q")
     assert result.exit_code == 1
     errors = result.stderr.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("spine-run: error: ") for line in errors)
+    assert len(errors) == 4 and all(line.startswith("spine-run: error: ") for line in errors)
     assert "notes.tif: not a TIFF or PNG" in errors[0]
     assert "missing.tif: no such file" in errors[1]
     assert "blank.tif: image is blank" in errors[2]
+    assert "padded.tif: 720 of 11,520 pixels read are NaN or infinite" in errors[3]
     assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "good_boxes.csv", "good_spines.csv",
                                                      "good_summary.json"]
     rows = list(csv.DictReader((out / "batch_summary.csv").open()))  # a row per input, in input order
-    assert [r["file"] for r in rows] == [str(p) for p in (text, good_stack, tmp_path / "missing.tif", blank)]
+    assert [r["file"] for r in rows] == [str(p) for p in (text, good_stack, tmp_path / "missing.tif", blank, padded)]
     assert [r["error"] for r in rows] == [errors[0].removeprefix("spine-run: error: "), "",
                                           *(e.removeprefix("spine-run: error: ") for e in errors[1:])]
     assert (rows[1]["slices"], rows[1]["spines"], rows[1]["z_step_um"]) == ("10", "3", "0.5")

@@ -168,6 +168,21 @@ def test_bad_arrays_raise_one_clear_error(blob_model, array, message):
         SpineDetector(blob_model).detect(array)
 
 
+def test_nan_or_infinite_pixels_raise_one_clear_error(blob_model):
+    """Float stacks padded with NaN by a registration tool: refused, whether or not the range sampled them."""
+    stack = synthetic_stack().astype(np.float32)
+    stack[0, 5, 5] = np.nan
+    with pytest.raises(SpineDetError, match="1 of 16,384 pixels read are NaN or infinite"):
+        SpineDetector(blob_model).detect(stack[:1])
+    with pytest.raises(SpineDetError, match="NaN or infinite"):
+        SpineDetector(blob_model).detect(stack)
+    padded = stack[1].copy()
+    padded[:, :4] = np.inf
+    # a slice the intensity range was not sampled from (a long stack samples 16 slices) is refused at inference
+    with pytest.raises(SpineDetError, match="512 of 16,384 pixels read are NaN or infinite"):
+        SpineDetector(blob_model).raw_detections([padded], 0.1, (90.0, 1100.0))
+
+
 def test_wrong_model_files(tmp_path, blob_model):
     text = tmp_path / "text.onnx"
     text.write_text("this is not a model")
