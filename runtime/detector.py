@@ -292,22 +292,44 @@ class SpineDetector:
         """A fresh tracker with this detector's settings (tracks need a box above score_threshold)."""
         return SliceTracker(self.link_iom, self.max_misses, self.score_threshold)
 
-    def detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None) -> list:
+    def detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None,
+                   shaft_images=None) -> list:
         """Each 2D image's boxes above the link threshold: :meth:`raw_detections`, then :meth:`postprocess`.
 
+        shaft_images: what the shaft check looks at for each image (raw
+        ``(Y, X)``, or None for no check; see :meth:`shaft_reach`); default:
+        its context, else the image.
         Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by
         decreasing score.  Of a lone image, the spines are the boxes above
         :attr:`score_threshold`; in a stack, the tracker decides.
         """
         raw = self.raw_detections(images, pixel_size_um, intensity_range, contexts)
-        return [self.postprocess(boxes, scores, pixel_size_um, image if contexts is None else contexts[k])
-                for k, (image, (boxes, scores)) in enumerate(zip(images, raw))]
+        if shaft_images is None:
+            shaft_images = images if contexts is None else contexts
+        return [self.postprocess(boxes, scores, pixel_size_um, shaft_image)
+                for shaft_image, (boxes, scores) in zip(shaft_images, raw)]
 
     def context_reach(self, z_step_um: float | None) -> int | None:
         """Slices on each side in a slice's depth context at ``z_step_um`` (None: the model takes none)."""
         if self.card.channels == 1:
             return None
         return reach_slices(self.card.depth_context_um, z_step_um)
+
+    def shaft_reach(self, z_step_um: float | None) -> int | None:
+        """Slices on each side of a slice the shaft check projects: the model's depth context (one slice for a
+        slice-only model); None: no check.
+
+        Slices farther apart than the model's depth context (2 µm for the
+        shipped model's 1.5 µm) get no check: a head's shaft is then often in
+        no slice the check could look at (on six synthetic stacks at 2 and
+        3 µm steps the check lowered F1-3D by 0.01, against +0.005 at 1.5 µm).
+        """
+        if self.shaft_distance_um is None:
+            return None
+        reach = self.context_reach(z_step_um)
+        if reach is None:
+            return 1
+        return reach if reach > 0 else None
 
     def slice_detections(self, stack, voxel_size=None) -> list:
         """Post-processed ``(boxes, scores)`` of every slice of ``stack``, as :meth:`detect` finds them before tracking.
@@ -322,7 +344,9 @@ class SpineDetector:
 
     def _each_slice(self, slices, z_index, voxel: VoxelSize, intensity_range, clock, progress=None):
         """Yield ``(z, raw slice, boxes, scores)`` slice by slice, top first, post-processed."""
-        reach = self.context_reach(voxel.z_um)
+        reach, shaft_reach = self.context_reach(voxel.z_um), self.shaft_reach(voxel.z_um)
+        if len(slices) == 1 and self.shaft_distance_um is not None:
+            shaft_reach = 0  # a lone image (or a projection) is its own context, whatever the z-step
         step = self.slices_per_call(np.shape(slices[0]), voxel.x_um)
         for start in range(0, len(slices), step):
             stop = min(start + step, len(slices))
@@ -330,12 +354,17 @@ class SpineDetector:
                 chunk = [np.asarray(slices[k]) for k in range(start, stop)]
                 contexts = None if reach is None else [neighbour_projection(slices, k, reach)
                                                        for k in range(start, stop)]
+                if shaft_reach is None:
+                    shaft_images = [None] * len(chunk)
+                elif shaft_reach == reach:
+                    shaft_images = contexts
+                else:
+                    shaft_images = [neighbour_projection(slices, k, shaft_reach) for k in range(start, stop)]
             with clock("infer"):
                 raw = self.raw_detections(chunk, voxel.x_um, intensity_range, contexts)
             for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
                 with clock("postprocess"):
-                    context = image if contexts is None else contexts[offset]
-                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um, context)
+                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um, shaft_images[offset])
                 yield z_index[start + offset], image, boxes, scores
             if progress is not None:
                 progress(stop, len(slices))
@@ -389,9 +418,12 @@ class SpineDetector:
         context = self.context_reach(voxel.z_um)
         if mip and context is not None:
             context = 0  # the projection is its own context
+        notes = assumptions(voxel, self.card, 1 if mip else len(slices))
+        if self.shaft_distance_um is not None and not mip and len(slices) > 1 and self.shaft_reach(voxel.z_um) is None:
+            notes.append(f"no shaft check: slices {voxel.z_um:g} µm apart are farther than the model's depth context "
+                         f"({self.card.depth_context_um:g} µm), so a spine's dendrite may lie in no slice it sees")
         return DetectionResult(spines, tracks_to_table(spines), shape, voxel, (low, high), clock.seconds, mip,
-                               maximum if (projection or mip) else None, context,
-                               assumptions(voxel, self.card, 1 if mip else len(slices)))
+                               maximum if (projection or mip) else None, context, notes)
 
     def stream(self, voxel_size=None, intensity_range=None, warmup_slices: int = RANGE_WARMUP_SLICES) -> "SliceStream":
         """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
@@ -432,8 +464,9 @@ class SliceStream:
     have closed; :meth:`finish` closes the rest.  Spine ids are stable from
     the moment a spine is confirmed (a box above the score threshold).  A
     model with depth context needs the slices below a slice before it can
-    search it, so detection runs :attr:`lag` slices behind the newest slice
-    (0 for a slice-only model).
+    search it, and the shaft check projects at least one slice each side, so
+    detection runs :attr:`lag` slices behind the newest slice (0 for a
+    slice-only model without the check).
 
     The intensity range (raw values mapped to 0 and 1 for the model) is fixed
     for the whole stack.  Given (``intensity_range``), the stream finds
@@ -458,9 +491,9 @@ class SliceStream:
         self.intensity_range = intensity_range
         self.warmup_slices = int(warmup_slices)
         self.tracker = detector.tracker()
-        reach = detector.context_reach(voxel_size.z_um)
-        self._reach = reach
-        self.lag = reach or 0
+        self._reach = detector.context_reach(voxel_size.z_um)
+        self._shaft_reach = detector.shaft_reach(voxel_size.z_um)
+        self.lag = max(self._reach or 0, self._shaft_reach or 0)
         self._received: list[tuple[int, np.ndarray]] = []  # recent (z, slice): the waiting ones and their context
         self._waiting = 0  # how many of the newest received slices are not searched yet
         self._next_z = 0
@@ -520,10 +553,14 @@ class SliceStream:
     def _search_slice(self, z: int, image) -> list[Spine]:
         if self.intensity_range is None:  # the whole stack was blank: nothing to find
             return self.add_detections(z, image, np.zeros((0, 4)), np.zeros(0))
-        contexts = None
-        if self._reach is not None:
-            contexts = [max_projection([im for zz, im in self._received if abs(zz - z) <= self._reach])]
-        (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range, contexts)
+        def around(reach):
+            return None if reach is None else [max_projection([im for zz, im in self._received
+                                                               if abs(zz - z) <= reach])]
+
+        contexts = around(self._reach)
+        shaft_images = [None] if self._shaft_reach is None else around(self._shaft_reach)
+        (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range, contexts,
+                                                    shaft_images)
         return self.add_detections(z, image, boxes, scores)
 
     def _spines(self, tracks) -> list[Spine]:

@@ -109,6 +109,24 @@ def test_the_detector_drops_detached_boxes_when_its_card_asks(blob_model, shaft_
     assert len(SpineDetector(shaft_model).detect(stack, voxel_size=(0.5, 0.1, 0.1)).spines) == 1
 
 
+def test_the_check_sees_the_depth_context_and_is_off_where_slices_are_farther_apart(shaft_model, tmp_path):
+    model = build_blob_model(tmp_path / "depth.onnx", depth_context_um=1.5, card_extra={"shaft_distance_um": 1.0})
+    detector = SpineDetector(model)
+    assert [detector.shaft_reach(z) for z in (0.5, 1.5, 2.0)] == [3, 1, None]
+    assert [detector.stream((z, 0.1, 0.1)).lag for z in (0.5, 2.0)] == [3, 0]
+    assert SpineDetector(shaft_model).shaft_reach(2.0) == 1  # a slice-only model: one slice each side
+    stack = np.stack([attachment_image()] * 3)
+    fine = detector.detect(stack, voxel_size=(0.5, 0.1, 0.1))
+    assert len(fine.spines) == 1 and not any("shaft" in n for n in fine.notes)
+    coarse = detector.detect(stack, voxel_size=(2.0, 0.1, 0.1))
+    assert len(coarse.spines) == 2
+    assert [n for n in coarse.notes if "shaft" in n] == [
+        "no shaft check: slices 2 µm apart are farther than the model's depth context (1.5 µm), so a spine's "
+        "dendrite may lie in no slice it sees"]
+    # a projection is its own context: checked whatever the z-step
+    assert len(detector.detect(stack, voxel_size=(2.0, 0.1, 0.1), mip=True).spines) == 1
+
+
 def test_spine_run_shaft_options(shaft_model, tmp_path):
     path = tmp_path / "field.tif"
     tifffile.imwrite(path, attachment_image(), imagej=True, resolution=(10, 10), metadata={"unit": "um"})
