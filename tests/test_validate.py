@@ -52,6 +52,19 @@ def test_validate_reports_f1_per_setting_and_on_real_data(blob_model, tmp_path):
     assert "real2d-mdg val: skipped" in result.stdout
 
 
+def test_validate_runs_the_cards_shaft_check_unless_told_not_to(model, tmp_path):
+    card = json.loads(model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**card, "shaft_distance_um": 1.0}))
+    absent = ["--real-root", tmp_path / "absent", "-q"]
+    checked = spine_validate(model, *SMALL, *absent, "--json")
+    unchecked = spine_validate(model, *SMALL, *absent, "--json", "--no-shaft-check")
+    assert checked.exit_code == unchecked.exit_code == 0, checked.output + unchecked.output
+    assert json.loads(checked.stdout)["shaft_distance_um"] == 1.0
+    assert json.loads(unchecked.stdout)["shaft_distance_um"] is None
+    text = spine_validate(model, *SMALL, *absent)
+    assert text.stdout.splitlines()[0].endswith("link threshold 0.5, shaft check 1 µm")
+
+
 def test_validate_real_data_default_honours_spinedet_data(blob_model, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(V, "real2d_f1", lambda detector, root: seen.append(root))

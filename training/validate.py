@@ -22,6 +22,7 @@ numpy + onnxruntime only.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -165,7 +166,8 @@ def threshold_sweep(detector: SpineDetector, stacks_per_setting: int, shape, rea
 
 
 def choose_threshold(model, stacks_per_setting: int = 2, shape=(20, 512, 512), real_root: Path | None = None,
-                     threads: int | None = None, batch: int = 8, device: str = "cpu") -> tuple[dict, ModelCard]:
+                     threads: int | None = None, batch: int = 8, device: str = "cpu",
+                     shaft_distance_um: float | None = None) -> tuple[dict, ModelCard]:
     """Choose the model's score threshold on calibration data; return the record and the card that holds it.
 
     Tracks are built from boxes above :data:`LINK_THRESHOLD` (the paper's
@@ -175,11 +177,12 @@ def choose_threshold(model, stacks_per_setting: int = 2, shape=(20, 512, 512), r
     val F1 wins; ties go to the lower threshold.  The card returned is the
     model's with ``score_threshold``, ``link_threshold`` and the sweep under
     ``metrics["score_threshold_calibration"]``; nothing is written.
+    shaft_distance_um: as for :class:`SpineDetector` (None: the card's).
     """
     from spinedet.runtime.contract import load_card
 
     detector = SpineDetector(model, device=device, batch=batch, threads=threads, score_threshold=min(THRESHOLDS),
-                             link_threshold=LINK_THRESHOLD)
+                             link_threshold=LINK_THRESHOLD, shaft_distance_um=shaft_distance_um)
     sweep = threshold_sweep(detector, stacks_per_setting, shape, real_root)
     best = max(sweep, key=lambda row: (round(row["score"], 4), -row["threshold"]))
     record = {"chosen": best["threshold"], "link_threshold": LINK_THRESHOLD, "seed": CALIBRATION_SEED,
@@ -227,6 +230,9 @@ def spine_validate(
     calibrate_first: Annotated[bool, typer.Option(
         "--calibrate", help="First choose the model's score threshold on separate calibration stacks (and "
                             f"{REAL2D_MDG} val); validate with it, then write it into the model card.")] = False,
+    no_shaft_check: Annotated[bool, typer.Option(
+        "--no-shaft-check", help="Validate without the card's shaft attachment check (as spine-run "
+                                 "--no-shaft-check).")] = False,
     device: Device = DeviceName.cpu,
     batch: Batch = 8,
     threads: Threads = None,
@@ -244,19 +250,23 @@ def spine_validate(
     def main():
         start = time.perf_counter()
         calibration = card = None
-        detector = SpineDetector(model, device=device.value, batch=batch, threads=threads)  # a bad model fails first
+        shaft = math.inf if no_shaft_check else None  # None: the card's
+        detector = SpineDetector(model, device=device.value, batch=batch, threads=threads,
+                                 shaft_distance_um=shaft)  # a bad model fails first
         if not (root / "labels.csv").is_file():
             note(TOOL, f"{root}: no labels.csv, {REAL2D_MDG} val is skipped", quiet)
         if calibrate_first:
             say(f"{TOOL}: calibrating the score threshold ({stacks_per_setting} stacks per setting)", quiet)
             calibration, card = choose_threshold(model, stacks_per_setting, shape,
-                                                 root if root.is_dir() else None, threads, batch, device.value)
+                                                 root if root.is_dir() else None, threads, batch, device.value,
+                                                 shaft)
             # the card's thresholds, as the runtime will read them once the card is written
             detector = SpineDetector(model, device=device.value, batch=batch, threads=threads,
-                                     score_threshold=card.score_threshold, link_threshold=card.link_threshold)
+                                     score_threshold=card.score_threshold, link_threshold=card.link_threshold,
+                                     shaft_distance_um=shaft)
         say(f"{TOOL}: validating at score threshold {detector.score_threshold:g}", quiet)
         results = {"model": str(model), "score_threshold": detector.score_threshold,
-                   "link_threshold": detector.link_threshold,
+                   "link_threshold": detector.link_threshold, "shaft_distance_um": detector.shaft_distance_um,
                    "calibration": calibration,
                    "synthetic_f1_3d": synthetic_f1_3d(detector, stacks_per_setting, shape),
                    "real2d_mdg_val_f1": real2d_f1(detector, root)}
@@ -283,7 +293,9 @@ def summary(results: dict) -> str:
     width = max(len(name) for name in [*SETTINGS, "all settings"])
     lines = [f"{results['model']}: score threshold {results['score_threshold']:g}, "
              f"link threshold {results['link_threshold']:g}"
-             + (" (calibrated)" if results.get("calibration") else "")]
+             + (" (calibrated)" if results.get("calibration") else "")
+             + (f", shaft check {results['shaft_distance_um']:g} µm" if results.get("shaft_distance_um") is not None
+                else "")]
     lines += [f"F1-3D  {name:<{width}}  {scores(synthetic[name])}" for name in [*SETTINGS, "all settings"]]
     real = results["real2d_mdg_val_f1"]
     lines.append(f"{REAL2D_MDG} val ({real['images']} images)  {scores(real)}" if real is not None
