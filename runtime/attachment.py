@@ -6,11 +6,14 @@ isolated punctum several µm from any shaft, a patch of a large
 out-of-focus cloud, a bouton on a faint axon.  This check keeps a box only
 if it lies within ``max_distance_um`` of a *large* bright structure of the
 image around it (the slice's depth context for a stack, the image itself
-for a 2D image):
+for a 2D image; :meth:`SpineDetector.shaft_reach
+<spinedet.runtime.detector.SpineDetector.shaft_reach>` says which slices):
 
 1. bin the image to pixels of about 0.2 µm and smooth it with a Gaussian of
    ``smooth_um`` (µm; shot noise);
-2. bright = above Otsu's threshold of the smoothed image (scikit-image);
+2. bright = above Otsu's threshold of the smoothed image (scikit-image),
+   but never above halfway from the background (the median) to the boxes'
+   median peak (a soma far brighter than the dendrites must not hide them);
 3. large = a connected bright region of at least ``min_area_um2`` (µm²) or
    of ``relative_area`` x the area of the image's largest bright region,
    whichever is less (a field that shows one short stretch of dendrite),
