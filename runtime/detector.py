@@ -124,6 +124,9 @@ class DetectionResult:
     context_slices: slices above and below each slice in its depth context
         (None: the model takes no depth context).
     notes: what the run had to assume (an unknown pixel size, say), one sentence each.
+    detached: the boxes the shaft check removed that scored above the score
+        threshold, as ``(z, box (4,) pixels, score)``: what would otherwise
+        have confirmed a spine (for the overlay and the summary).
     """
 
     spines: list
@@ -136,6 +139,7 @@ class DetectionResult:
     projection: np.ndarray | None = None
     context_slices: int | None = None
     notes: list = field(default_factory=list)
+    detached: list = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -272,11 +276,13 @@ class SpineDetector:
             scores.extend(s)
         return boxes, scores
 
-    def postprocess(self, boxes, scores, pixel_size_um: float | None, context=None):
+    def postprocess(self, boxes, scores, pixel_size_um: float | None, context=None, detached=None):
         """Link threshold, area cap, IoM-NMS and shaft attachment for one slice's raw boxes: the boxes the tracker sees.
 
         context: the raw ``(Y, X)`` image the attachment check looks at (the
         slice's depth context, or the slice); None: no attachment check.
+        detached: a list that receives ``(box, score)`` of each box the check
+        removed that scored above :attr:`score_threshold`.
         """
         pixel = pixel_size_um or self.card.pixel_size_um
         cap = None
@@ -285,6 +291,8 @@ class SpineDetector:
         boxes, scores = filter_detections(boxes, scores, self.link_threshold, cap, self.nms_iom)
         if context is not None and self.shaft_distance_um is not None and len(boxes):
             keep = attached(context, boxes, pixel, self.shaft_distance_um)
+            if detached is not None:
+                detached += [(b, float(v)) for b, v in zip(boxes[~keep], scores[~keep]) if v > self.score_threshold]
             boxes, scores = boxes[keep], scores[keep]
         return boxes, scores
 
@@ -293,12 +301,13 @@ class SpineDetector:
         return SliceTracker(self.link_iom, self.max_misses, self.score_threshold)
 
     def detections(self, images, pixel_size_um: float | None, intensity_range, contexts=None,
-                   shaft_images=None) -> list:
+                   shaft_images=None, detached=None) -> list:
         """Each 2D image's boxes above the link threshold: :meth:`raw_detections`, then :meth:`postprocess`.
 
         shaft_images: what the shaft check looks at for each image (raw
         ``(Y, X)``, or None for no check; see :meth:`shaft_reach`); default:
-        its context, else the image.
+        its context, else the image.  detached: a list per image that
+        receives what :meth:`postprocess` reports.
         Returns one ``(boxes (N, 4) pixels, scores (N,))`` per image, by
         decreasing score.  Of a lone image, the spines are the boxes above
         :attr:`score_threshold`; in a stack, the tracker decides.
@@ -306,8 +315,10 @@ class SpineDetector:
         raw = self.raw_detections(images, pixel_size_um, intensity_range, contexts)
         if shaft_images is None:
             shaft_images = images if contexts is None else contexts
-        return [self.postprocess(boxes, scores, pixel_size_um, shaft_image)
-                for shaft_image, (boxes, scores) in zip(shaft_images, raw)]
+        if detached is None:
+            detached = [None] * len(images)
+        return [self.postprocess(boxes, scores, pixel_size_um, shaft_image, lost)
+                for shaft_image, (boxes, scores), lost in zip(shaft_images, raw, detached)]
 
     def context_reach(self, z_step_um: float | None) -> int | None:
         """Slices on each side in a slice's depth context at ``z_step_um`` (None: the model takes none)."""
@@ -342,8 +353,11 @@ class SpineDetector:
         found = self._each_slice(slices, z_index, voxel, self.intensity_range(slices), _Clock())
         return [(boxes, scores) for _, _, boxes, scores in found]
 
-    def _each_slice(self, slices, z_index, voxel: VoxelSize, intensity_range, clock, progress=None):
-        """Yield ``(z, raw slice, boxes, scores)`` slice by slice, top first, post-processed."""
+    def _each_slice(self, slices, z_index, voxel: VoxelSize, intensity_range, clock, progress=None, detached=None):
+        """Yield ``(z, raw slice, boxes, scores)`` slice by slice, top first, post-processed.
+
+        detached: a list that receives ``(z, box, score)`` of the confident boxes the shaft check removed.
+        """
         reach, shaft_reach = self.context_reach(voxel.z_um), self.shaft_reach(voxel.z_um)
         if len(slices) == 1 and self.shaft_distance_um is not None:
             shaft_reach = 0  # a lone image (or a projection) is its own context, whatever the z-step
@@ -363,9 +377,13 @@ class SpineDetector:
             with clock("infer"):
                 raw = self.raw_detections(chunk, voxel.x_um, intensity_range, contexts)
             for offset, (image, (boxes, scores)) in enumerate(zip(chunk, raw)):
+                z = z_index[start + offset]
                 with clock("postprocess"):
-                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um, shaft_images[offset])
-                yield z_index[start + offset], image, boxes, scores
+                    lost = [] if detached is not None else None
+                    boxes, scores = self.postprocess(boxes, scores, voxel.x_um, shaft_images[offset], lost)
+                    if lost:
+                        detached += [(z, box, score) for box, score in lost]
+                yield z, image, boxes, scores
             if progress is not None:
                 progress(stop, len(slices))
 
@@ -405,8 +423,9 @@ class SpineDetector:
                 maximum = max_projection(slices)
                 slices, z_index = [maximum], [0]
         stream = SliceStream(self, voxel, (low, high))
-        spines = []
-        for z, image, boxes, scores in self._each_slice(slices, z_index, voxel, (low, high), clock, progress):
+        spines, detached = [], []
+        for z, image, boxes, scores in self._each_slice(slices, z_index, voxel, (low, high), clock, progress,
+                                                        detached):
             if projection and not mip:
                 with clock("read"):
                     maximum = image.copy() if maximum is None else np.maximum(maximum, image, out=maximum)
@@ -423,7 +442,7 @@ class SpineDetector:
             notes.append(f"no shaft check: slices {voxel.z_um:g} µm apart are farther than the model's depth context "
                          f"({self.card.depth_context_um:g} µm), so a spine's dendrite may lie in no slice it sees")
         return DetectionResult(spines, tracks_to_table(spines), shape, voxel, (low, high), clock.seconds, mip,
-                               maximum if (projection or mip) else None, context, notes)
+                               maximum if (projection or mip) else None, context, notes, detached)
 
     def stream(self, voxel_size=None, intensity_range=None, warmup_slices: int = RANGE_WARMUP_SLICES) -> "SliceStream":
         """A :class:`SliceStream` for slices that arrive one at a time (top slice first).
@@ -494,6 +513,8 @@ class SliceStream:
         self._reach = detector.context_reach(voxel_size.z_um)
         self._shaft_reach = detector.shaft_reach(voxel_size.z_um)
         self.lag = max(self._reach or 0, self._shaft_reach or 0)
+        #: ``(z, box, score)`` of the confident boxes the shaft check removed so far (see DetectionResult.detached)
+        self.detached: list = []
         self._received: list[tuple[int, np.ndarray]] = []  # recent (z, slice): the waiting ones and their context
         self._waiting = 0  # how many of the newest received slices are not searched yet
         self._next_z = 0
@@ -559,8 +580,10 @@ class SliceStream:
 
         contexts = around(self._reach)
         shaft_images = [None] if self._shaft_reach is None else around(self._shaft_reach)
+        lost = []
         (boxes, scores), = self.detector.detections([image], self.voxel_size.x_um, self.intensity_range, contexts,
-                                                    shaft_images)
+                                                    shaft_images, [lost])
+        self.detached += [(z, box, score) for box, score in lost]
         return self.add_detections(z, image, boxes, scores)
 
     def _spines(self, tracks) -> list[Spine]:

@@ -6,7 +6,10 @@
   :data:`TARGET_SIDE_PX` pixels on the longer side, so boxes and numbers stay legible;
 * each label sits on a dark plate beside its box, at the first of several
   places (above, below, right, left) where it overlaps no other label;
-* optionally each spine's best box score after its id (``12 .93``).
+* optionally each spine's best box score after its id (``12 .93``);
+* the confident boxes the shaft check removed (:mod:`~spinedet.runtime.attachment`),
+  merged across slices, as thin magenta boxes without a label, so what was
+  dropped can be judged beside what was kept.
 
 Boxes are ``(x_min, y_min, x_max, y_max)`` in pixels of the projection.
 """
@@ -15,9 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .boxes import iom_nms
+
 CONTRAST_PERCENTILES = (0.5, 99.7)
 TARGET_SIDE_PX = 1024
 BOX_COLOUR = np.array([255, 220, 0], dtype=np.uint8)
+DETACHED_COLOUR = np.array([255, 0, 255], dtype=np.uint8)
 PLATE_COLOUR = np.array([0, 0, 0], dtype=np.uint8)
 
 _GLYPHS = {  # 3x5 pixel font
@@ -27,11 +33,13 @@ _GLYPHS = {  # 3x5 pixel font
 }
 
 
-def overlay_png(projection: np.ndarray, spines, scores: bool = False) -> bytes:
-    """PNG bytes of the grey ``(Y, X)`` projection with each spine's mean box and id (and best score) drawn."""
+def overlay_png(projection: np.ndarray, spines, scores: bool = False, detached=()) -> bytes:
+    """PNG bytes of the grey ``(Y, X)`` projection with each spine's mean box and id (and best score) drawn,
+    and the ``detached`` ``(z, box, score)`` of a run (:attr:`DetectionResult.detached
+    <spinedet.runtime.detector.DetectionResult.detached>`) in magenta."""
     import imagecodecs
 
-    return imagecodecs.png_encode(overlay_rgb(projection, spines, scores))
+    return imagecodecs.png_encode(overlay_rgb(projection, spines, scores, detached))
 
 
 def display_scale(shape) -> int:
@@ -50,7 +58,17 @@ def grey_8bit(image: np.ndarray) -> np.ndarray:
     return (np.clip((image - low) / (high - low), 0, 1) * 255).astype(np.uint8)
 
 
-def overlay_rgb(projection: np.ndarray, spines, scores: bool = False) -> np.ndarray:
+def detached_boxes(detached) -> np.ndarray:
+    """``(M, 4)`` pixel boxes: the ``(z, box, score)`` the shaft check removed, one box per place (the most
+    confident of those overlapping at IoM > 0.5, as the paper's NMS)."""
+    if not len(detached):
+        return np.zeros((0, 4))
+    boxes = np.array([box for _, box, _ in detached], dtype=np.float64)
+    scores = np.array([score for _, _, score in detached], dtype=np.float64)
+    return boxes[iom_nms(boxes, scores, 0.5)]
+
+
+def overlay_rgb(projection: np.ndarray, spines, scores: bool = False, detached=()) -> np.ndarray:
     """The overlay as an ``(sY, sX, 3)`` uint8 array, s = :func:`display_scale`."""
     grey = grey_8bit(projection)
     scale = display_scale(grey.shape)
@@ -60,6 +78,8 @@ def overlay_rgb(projection: np.ndarray, spines, scores: bool = False) -> np.ndar
     line = 2 if scale >= 4 else 1
     boxes = [tuple((np.asarray(s.mean_box, dtype=np.float64) * scale).round().astype(int)) for s in spines]
     texts = [str(s.spine_id) + (" " + f"{float(np.max(s.scores)):.2f}".lstrip("0") if scores else "") for s in spines]
+    for x0, y0, x1, y1 in (detached_boxes(detached) * scale).round().astype(int):
+        _rectangle(rgb, x0, y0, x1 - 1, y1 - 1, 1, DETACHED_COLOUR)
     for x0, y0, x1, y1 in boxes:
         _rectangle(rgb, x0, y0, x1 - 1, y1 - 1, line)
     for text, spot in zip(texts, label_spots(boxes, texts, font, rgb.shape)):
@@ -103,12 +123,12 @@ def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _rectangle(rgb, x0, y0, x1, y1, line: int):
+def _rectangle(rgb, x0, y0, x1, y1, line: int, colour=BOX_COLOUR):
     ny, nx = rgb.shape[:2]
     xs, ys = np.clip([x0, x1], 0, nx - 1), np.clip([y0, y1], 0, ny - 1)
     for k in range(line):
-        rgb[ys[0]:ys[1] + 1, np.clip(xs + [k, -k], 0, nx - 1)] = BOX_COLOUR
-        rgb[np.clip(ys + [k, -k], 0, ny - 1), xs[0]:xs[1] + 1] = BOX_COLOUR
+        rgb[ys[0]:ys[1] + 1, np.clip(xs + [k, -k], 0, nx - 1)] = colour
+        rgb[np.clip(ys + [k, -k], 0, ny - 1), xs[0]:xs[1] + 1] = colour
 
 
 def _text(rgb, text, x, y, font):

@@ -60,6 +60,7 @@ def summary(result, source: Path, model_path: Path, settings: dict, model_precis
         "intensity_range": list(result.intensity_range),
         "n_spines": len(result.spines),
         "n_detections": int(len(result.table)),
+        "n_detached_boxes": len(result.detached),
         "seconds": {k: round(v, 4) for k, v in result.timings.items()},
     }
 
@@ -78,5 +79,6 @@ def report_files(result, source: Path, out_dir: Path, stem: str, model_path: Pat
     if rois:
         files[out_dir / f"{stem}_rois.zip"] = rois_zip_bytes(result.table, settings.get("channel"))
     if overlay:
-        files[out_dir / f"{stem}_overlay.png"] = overlay_png(result.projection, result.spines, overlay_scores)
+        files[out_dir / f"{stem}_overlay.png"] = overlay_png(result.projection, result.spines, overlay_scores,
+                                                             result.detached)
     return files

@@ -140,7 +140,8 @@ def series_files(series, out_dir, name: str, inputs, results=None, summary_extra
         files[out_dir / f"{name}_s{k}_spines.csv"] = spines_csv_text(result.spines)
         if overlay:
             relabelled = [replace(s, spine_id=int(t)) for s, t in zip(series.sessions[k].spines, series.tracks[k])]
-            files[out_dir / f"{name}_s{k}_overlay.png"] = overlay_png(result.projection, relabelled)
+            files[out_dir / f"{name}_s{k}_overlay.png"] = overlay_png(result.projection, relabelled,
+                                                                      detached=result.detached)
     return files
 
 

@@ -175,3 +175,27 @@ def test_every_labelled_real_spine_of_real2d_mdg_train_is_attached(shared_data):
     for name, image, boxes in _real_spines(shared_data, "train"):
         for pixel_um in (0.05, 0.1, 0.2):
             assert attached(image, boxes, pixel_um).all(), (name, pixel_um)
+
+
+def test_what_the_check_removed_is_counted_and_drawn(shaft_model, tmp_path):
+    from spinedet.runtime.overlay import DETACHED_COLOUR, detached_boxes, display_scale, overlay_rgb
+
+    image = attachment_image()
+    result = SpineDetector(shaft_model).detect(np.stack([image] * 3), voxel_size=(0.5, 0.1, 0.1), projection=True)
+    assert len(result.spines) == 1
+    assert [z for z, _, _ in result.detached] == [0, 1, 2]  # the punctum, in each slice
+    assert all(np.allclose((box[:2] + box[2:]) / 2, (90, 110), atol=3) and score > 0.5
+               for _, box, score in result.detached)
+    rgb = overlay_rgb(result.projection, result.spines, detached=result.detached)
+    s = display_scale(image.shape)
+    x0, y0 = (np.asarray(result.detached[0][1][:2]) * s).round().astype(int)
+    assert (rgb[y0 + 5, x0] == DETACHED_COLOUR).all()  # its left edge, in magenta
+    assert len(detached_boxes(result.detached)) == 1  # one box for the three slices
+    assert not (overlay_rgb(result.projection, result.spines) == DETACHED_COLOUR).all(axis=2).any()
+    assert SpineDetector(shaft_model, shaft_distance_um=float("inf")).detect(image).detached == []
+    # spine-run's summary counts them
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, image, imagej=True, resolution=(10, 10), metadata={"unit": "um"})
+    assert CliRunner().invoke(run_app, [str(path), "--model", str(shaft_model), "--out", str(tmp_path / "o"),
+                                        "-q", "--overlay"]).exit_code == 0
+    assert json.loads((tmp_path / "o" / "field_summary.json").read_text())["n_detached_boxes"] == 1
