@@ -211,6 +211,21 @@ def test_weights_come_back_out_of_an_exported_graph(exported, checkpoint, tmp_pa
     torch.testing.assert_close(half.state_dict()["roi_heads.box_head.fc6.weight"], w, rtol=1e-3, atol=1e-4)
 
 
+def test_a_re_export_keeps_the_runtime_settings_of_its_source_card(exported, tmp_path):
+    """Thresholds and the shaft check belong to the model, not the graph: exporting an .onnx again (another
+    precision, the tensorrt flavour) carries them over."""
+    import shutil
+
+    source = tmp_path / "source.onnx"
+    shutil.copy(exported["fp32"].onnx_path, source)
+    card = json.loads(exported["fp32"].card_path.read_text())
+    settings = {"score_threshold": 0.7, "link_threshold": 0.5, "shaft_distance_um": 1.0}
+    source.with_suffix(".json").write_text(json.dumps({**card, **settings}))
+    report = export_onnx(source, tmp_path / "again.onnx", check=False)
+    again = load_card(report.onnx_path)
+    assert (again.score_threshold, again.link_threshold, again.shaft_distance_um) == (0.7, 0.5, 1.0)
+
+
 def test_a_graph_that_is_not_an_exported_detector_is_refused(blob_model):
     from spinedet.training.recover import model_from_onnx
 
