@@ -6,15 +6,15 @@ Errors, exit codes and the shared options: :mod:`spinedet.runtime.cliutil`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cliutil import (Batch, Channel, Device, DeviceName, Json, Model, Out, PixelSize, Progress, Quiet, Threads,
-                      ZStep, fail, guarded, make_app, note, run, say)
+from .cliutil import (Batch, Channel, Device, DeviceName, Json, LinkThreshold, MaxArea, Model, NoShaftCheck, Out,
+                      PixelSize, Progress, Quiet, ScoreThreshold, ShaftDistance, Threads, ZStep, fail, guarded,
+                      make_app, note, run, say, shaft_distance_um)
 from .detector import DEFAULT_BATCH
 from .errors import SpineDetError
 from .evaluate import MATCH_IOM, MIN_TRACK_SCORE
@@ -38,20 +38,11 @@ def spine_run(
     channel: Channel = None,
     pixel_size: PixelSize = None,
     z_step: ZStep = None,
-    score_threshold: Optional[float] = typer.Option(
-        None, help="Report a spine when its most confident box scores above this. Default: the model card's "
-                   "(0.5, the paper's, unless the model was calibrated)."),
-    link_threshold: Optional[float] = typer.Option(
-        None, help="Boxes above this confidence extend spines through z (at most --score-threshold). "
-                   "Default: the model card's (0.5, the paper's box rule), else the score threshold."),
-    max_area: float = typer.Option(MAX_AREA_UM2, help="Drop boxes larger than this area, in µm²."),
-    shaft_distance: Optional[float] = typer.Option(
-        None, min=0, metavar="UM",
-        help="Drop boxes farther than this (µm) from every large bright structure (a dendrite) of their slice "
-             "and its depth context: isolated puncta, out-of-focus clouds. Default: the model card's (1 µm for "
-             "the shipped model; no check for a model whose card names none)."),
-    no_shaft_check: bool = typer.Option(False, "--no-shaft-check",
-                                        help="Keep boxes however far from a dendrite (the paper's rule)."),
+    score_threshold: ScoreThreshold = None,
+    link_threshold: LinkThreshold = None,
+    max_area: MaxArea = MAX_AREA_UM2,
+    shaft_distance: ShaftDistance = None,
+    no_shaft_check: NoShaftCheck = False,
     mip: bool = typer.Option(False, "--mip", help="Detect on the maximum-intensity projection (fast 2D mode)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write a PNG of the projection with numbered boxes."),
     overlay_scores: bool = typer.Option(False, "--overlay-scores",
@@ -81,7 +72,7 @@ def spine_run(
     if workers is not None and threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     detector = batching.DetectorOptions(model, device.value, batch, threads, score_threshold, link_threshold,
-                                        max_area, math.inf if no_shaft_check else shaft_distance)
+                                        max_area, shaft_distance_um(shaft_distance, no_shaft_check))
     options = batching.RunOptions(detector, out, channel, pixel_size, z_step, mip, overlay, overlay_scores, rois)
     paths = batching.expand_inputs(stacks)
     stems = batching.assign_stems(paths)

@@ -14,11 +14,14 @@ The options mean the same in every command that has them:
 ``--device``       where a model runs (:data:`~spinedet.runtime.backends.DEVICES`);
 ``--batch N``      slices (or tiles) per inference call; for an engine, the largest batch it takes;
 ``--threads N``    CPU threads;
+``--score-threshold``, ``--link-threshold``, ``--max-area``, ``--shaft-distance``, ``--no-shaft-check``
+                   how a detector decides (spine-run's meaning, wherever they appear);
 ``--seed S``       the random seed of everything random in the command.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -50,6 +53,28 @@ PixelSize = Annotated[Optional[float], typer.Option("--pixel-size", help="Pixel 
                                                                          "metadata).")]
 ZStep = Annotated[Optional[float], typer.Option("--z-step", help="Distance between slices in µm (overrides the "
                                                                  "files' metadata).")]
+# how a detector decides (spine-run, spine-track; spine-validate has --no-shaft-check)
+ScoreThreshold = Annotated[Optional[float], typer.Option(
+    "--score-threshold", help="Report a spine when its most confident box scores above this. Default: the model "
+                              "card's (0.5, the paper's, unless the model was calibrated).")]
+LinkThreshold = Annotated[Optional[float], typer.Option(
+    "--link-threshold", help="Boxes above this confidence extend spines through z (at most --score-threshold). "
+                             "Default: the model card's (0.5, the paper's box rule), else the score threshold.")]
+MaxArea = Annotated[float, typer.Option("--max-area", metavar="UM2",
+                                        help="Drop boxes larger than this area, in µm².")]
+ShaftDistance = Annotated[Optional[float], typer.Option(
+    "--shaft-distance", min=0, metavar="UM",
+    help="Drop boxes farther than this (µm) from every large bright structure (a dendrite) of their slice and its "
+         "depth context: isolated puncta, out-of-focus clouds. Default: the model card's (1 µm for the shipped "
+         "model; no check for a model whose card names none).")]
+NoShaftCheck = Annotated[bool, typer.Option("--no-shaft-check",
+                                            help="Keep boxes however far from a dendrite (the paper's rule).")]
+
+
+def shaft_distance_um(distance_um: float | None, no_check: bool) -> float | None:
+    """The detector's ``shaft_distance_um`` from ``--shaft-distance`` and ``--no-shaft-check`` (``math.inf``:
+    no check; None: the card's)."""
+    return math.inf if no_check else distance_um
 
 
 def make_app(subcommands: bool = False) -> typer.Typer:

@@ -22,10 +22,12 @@ from typing import List
 
 import typer
 
-from .cliutil import (Batch, Channel, Device, DeviceName, Json, Model, Out, PixelSize, Progress, Quiet, Threads,
-                      ZStep, fail, guarded, make_app, note, run, say)
+from .cliutil import (Batch, Channel, Device, DeviceName, Json, LinkThreshold, MaxArea, Model, NoShaftCheck, Out,
+                      PixelSize, Progress, Quiet, ScoreThreshold, ShaftDistance, Threads, ZStep, fail, guarded,
+                      make_app, note, run, say, shaft_distance_um)
 from .detector import DEFAULT_BATCH
 from .errors import SpineDetError
+from .postprocess import MAX_AREA_UM2
 from .sessions import MAX_DISTANCE_UM, MAX_GAP, MAX_ROTATION_DEG, REFERENCES
 
 TOOL = "spine-track"
@@ -89,6 +91,11 @@ def spine_track(
     channel: Channel = None,
     pixel_size: PixelSize = None,
     z_step: ZStep = None,
+    score_threshold: ScoreThreshold = None,
+    link_threshold: LinkThreshold = None,
+    max_area: MaxArea = MAX_AREA_UM2,
+    shaft_distance: ShaftDistance = None,
+    no_shaft_check: NoShaftCheck = False,
     overlay: bool = typer.Option(False, "--overlay", help="Also write each session's projection labelled by track."),
     quiet: Quiet = False,
     as_json: Json = False,
@@ -107,9 +114,13 @@ def spine_track(
     for value, option in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
         if value is not None and not value > 0:
             fail(TOOL, f"{option} must be a positive number of µm, got {value}")
-    detector = guarded(TOOL, lambda: SpineDetector(model, device=device.value, batch=batch, threads=threads))
+    detector = guarded(TOOL, lambda: SpineDetector(
+        model, device=device.value, batch=batch, threads=threads, score_threshold=score_threshold,
+        link_threshold=link_threshold, max_area_um2=max_area, shaft_distance_um=shaft_distance_um(shaft_distance,
+                                                                                                   no_shaft_check)))
     settings = {"batch": batch, "device": detector.backend.device, "channel": channel,
-                "score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold}
+                "score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold,
+                "max_area_um2": detector.max_area_um2, "shaft_distance_um": detector.shaft_distance_um}
 
     def main():
         try:

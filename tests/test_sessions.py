@@ -361,12 +361,33 @@ def test_the_same_pixel_size_given_overrides_the_files(blob_series, blob_model, 
     assert result.exit_code == 0, result.output
 
 
+def test_spine_track_takes_spine_runs_detection_options(blob_series, blob_model, tmp_path):
+    """--score-threshold, --link-threshold, --max-area, --shaft-distance and --no-shaft-check mean what they mean
+    in spine-run, reach the detector and are recorded in the summary."""
+    def detection(*extra):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        result = track(*blob_series, "--model", blob_model, "--out", out, "--max-rotation", "0", "-q", *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "series_summary.json").read_text())
+        return summary["detection"], [s["count"] for s in summary["sessions"]]
+
+    plain, counts = detection()
+    assert plain["shaft_distance_um"] is None and counts == [10, 11, 10]     # the blob model's card names no check
+    chosen, _ = detection("--score-threshold", "0.9", "--link-threshold", "0.6", "--shaft-distance", "2")
+    assert (chosen["score_threshold"], chosen["link_threshold"], chosen["shaft_distance_um"]) == (0.9, 0.6, 2.0)
+    off, _ = detection("--shaft-distance", "2", "--no-shaft-check")
+    assert off["shaft_distance_um"] is None
+    capped, counts = detection("--max-area", "0.05")                        # smaller than any blob's box
+    assert capped["max_area_um2"] == 0.05 and counts == [0, 0, 0]
+
+
 def test_bad_options_are_one_line_before_any_input(blob_series, blob_model, tmp_path, monkeypatch, capsys):
     from spinedet.runtime import track_cli
 
     for args, words in ((["--reference", "last"], "--reference"), (["--max-distance", "0"], "--max-distance"),
                         (["--max-gap", "-1"], "--max-gap"), (["--model", tmp_path / "none.onnx"], "model"),
-                        (["--name", "a/b"], "--name")):
+                        (["--name", "a/b"], "--name"), (["--score-threshold", "1.5"], "score threshold"),
+                        (["--shaft-distance", "-1"], "--shaft-distance")):
         monkeypatch.setattr("sys.argv", ["spine-track", *map(str, blob_series), "--out", str(tmp_path / "o"),
                                          *map(str, args)])
         with pytest.raises(SystemExit) as exit_info:

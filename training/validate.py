@@ -31,8 +31,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from spinedet.runtime.cliutil import (Batch, Device, DeviceName, Json, Quiet, Threads, guarded, make_app, note, run,
-                                      say)
+from spinedet.runtime.cliutil import (Batch, Device, DeviceName, Json, NoShaftCheck, Quiet, Threads, guarded, make_app,
+                                      note, run, say)
 from spinedet.runtime.contract import ModelCard, card_path
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
@@ -230,9 +230,7 @@ def spine_validate(
     calibrate_first: Annotated[bool, typer.Option(
         "--calibrate", help="First choose the model's score threshold on separate calibration stacks (and "
                             f"{REAL2D_MDG} val); validate with it, then write it into the model card.")] = False,
-    no_shaft_check: Annotated[bool, typer.Option(
-        "--no-shaft-check", help="Validate without the card's shaft attachment check (as spine-run "
-                                 "--no-shaft-check).")] = False,
+    no_shaft_check: NoShaftCheck = False,
     device: Device = DeviceName.cpu,
     batch: Batch = 8,
     threads: Threads = None,
