@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -96,6 +96,10 @@ def spine_track(
     max_area: MaxArea = MAX_AREA_UM2,
     shaft_distance: ShaftDistance = None,
     no_shaft_check: NoShaftCheck = False,
+    detections: Optional[Path] = typer.Option(
+        None, "--detections", metavar="DIR", file_okay=False,
+        help="Reuse spine-run's tables: a session whose DIR/<stem>_boxes.csv exists (as spine-run --out DIR wrote "
+             "it, or corrected by hand) is not detected again; the others are."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write each session's projection labelled by track."),
     quiet: Quiet = False,
     as_json: Json = False,
@@ -125,7 +129,7 @@ def spine_track(
     def main():
         try:
             return _track(detector, sessions, out, name, max_distance, max_gap, reference, max_rotation, channel,
-                          pixel_size, z_step, overlay, quiet, settings)
+                          pixel_size, z_step, overlay, quiet, settings, detections)
         except SpineDetError as exc:
             fail(TOOL, exc, 1)
 
@@ -135,10 +139,11 @@ def spine_track(
 
 
 def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rotation, channel, pixel_size, z_step,
-           overlay, quiet, settings) -> dict:
+           overlay, quiet, settings, detections=None) -> dict:
     from .context import ASSUMED_Z_STEP_UM
     from .files import write_all
     from .session_reports import series_files, state_counts
+    from .reuse import check_table, detection_from_table
     from .sessions import add_session, session_spines, start_series
     from .stacks import open_stack
 
@@ -153,11 +158,17 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
             raise SpineDetError(f"session {k}: {exc.with_path(label)}") from None
 
     # before any detection: every session readable, one voxel size, all stacks or all single images
-    voxels, shapes = [], []
+    voxels, shapes, tables = [], [], _reused_tables(inputs, detections)
     for k in range(len(inputs)):
         with opened(k) as stack:
             voxels.append(stack.voxel_size)
             shapes.append(stack.shape)
+            if k in tables:
+                try:
+                    check_table(tables[k][1], stack.shape, stack.z_index)
+                except SpineDetError as exc:
+                    raise SpineDetError(f"session {k}: {exc.with_path(tables[k][0])} (the stack: {inputs[k][2]}, "
+                                        f"shape {stack.shape})") from None
     first_voxel = voxels[0]
     for k, (voxel, shape) in enumerate(zip(voxels, shapes)):
         label = inputs[k][2]
@@ -182,7 +193,10 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
         tick = time.perf_counter()
         with opened(k) as stack:
             try:
-                result = detector.detect(stack, projection=overlay, progress=progress)
+                if k in tables:
+                    result = detection_from_table(tables[k][1], stack, projection=overlay)
+                else:
+                    result = detector.detect(stack, projection=overlay, progress=progress)
                 spines = session_spines(result, voxel_size)
             except SpineDetError as exc:
                 raise SpineDetError(f"session {k}: {exc.with_path(label)}") from None
@@ -200,11 +214,13 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
         where = "" if k == 0 else (f"; shift x {reg.shift_um[2]:+.2f} y {reg.shift_um[1]:+.2f} "
                                    f"z {reg.shift_um[0]:+.2f} µm, rotation {reg.rotation_deg:+.2f}°, "
                                    f"quality {reg.quality:.2f}")
-        say(f"session {k}: {label}: {len(spines)} spines ({time.perf_counter() - tick:.1f} s){where}", quiet)
+        found = f"from {tables[k][0]}" if k in tables else "detected"
+        say(f"session {k}: {label}: {len(spines)} spines ({found}, {time.perf_counter() - tick:.1f} s){where}", quiet)
     model_path = str(detector.model_path)
     extra = {"inputs": [label for _, _, label in inputs],
              "voxel_size_um": {"x": px, "y": px, "z": dz, "source": first_voxel.source},
              "notes": notes, "model": model_path, "detection": settings,
+             "detections_read": [str(tables[k][0]) if k in tables else None for k in range(len(inputs))],
              "seconds": round(time.perf_counter() - start, 3)}
     files = series_files(series, out, name, [label for _, _, label in inputs], results, extra, overlay)
     write_all(files)
@@ -216,6 +232,31 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
     summary = json.loads(files[Path(out) / f"{name}_summary.json"])
     summary["files"] = [str(p) for p in files]
     return summary
+
+
+def _reused_tables(inputs, folder) -> dict:
+    """``{session: (path, BoxTable)}`` of the sessions whose ``<stem>_boxes.csv`` (spine-run's name) is in ``folder``.
+
+    Refuses a folder that is missing or holds no table for any session, and time points of one file (spine-run
+    writes no tables for those)."""
+    from .batch import assign_stems
+    from .tables import read_box_table
+
+    if folder is None:
+        return {}
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpineDetError("--detections: no such folder", folder)
+    if any(t is not None for _, t, _ in inputs):
+        raise SpineDetError("--detections needs one stack file per session (spine-run writes no tables for the time "
+                            "points of one file)", folder)
+    stems = assign_stems([path for path, _, _ in inputs])
+    found = {k: folder / f"{stem}_boxes.csv" for k, stem in enumerate(stems)}
+    found = {k: path for k, path in found.items() if path.is_file()}
+    if not found:
+        raise SpineDetError(f"--detections: no table for any session (looked for {stems[0]}_boxes.csv"
+                            f"{', ...' if len(stems) > 1 else ''}; spine-run --out DIR writes them)", folder)
+    return {k: (path, read_box_table(path)) for k, path in found.items()}
 
 
 def _close(a, b) -> bool:

@@ -381,6 +381,94 @@ def test_spine_track_takes_spine_runs_detection_options(blob_series, blob_model,
     assert capped["max_area_um2"] == 0.05 and counts == [0, 0, 0]
 
 
+def test_a_table_read_back_is_the_detection_it_came_from(blob_series, blob_model):
+    from spinedet.runtime.detector import SpineDetector
+    from spinedet.runtime.reuse import detection_from_table
+    from spinedet.runtime.stacks import open_stack
+
+    with open_stack(blob_series[1]) as stack:
+        found = SpineDetector(blob_model).detect(stack, projection=True)
+        again = detection_from_table(found.table, stack, projection=True)
+    assert len(found.spines) == 11 and [s.spine_id for s in again.spines] == [s.spine_id for s in found.spines]
+    for a, b in zip(found.spines, again.spines):
+        assert a.z == b.z and np.array_equal(a.boxes, b.boxes) and a.centroid_um == b.centroid_um
+        assert b.fluorescence == pytest.approx(a.fluorescence) and b.background == pytest.approx(a.background)
+    assert np.array_equal(again.projection, found.projection) and again.voxel_size == found.voxel_size
+
+
+def test_tables_that_do_not_fit_the_stack_are_refused(blob_series):
+    from spinedet.runtime.reuse import detection_from_table
+
+    stack = blob_session(0)                                   # 10 x 128 x 128
+    good = [[1, 3, (10, 10, 20, 20)], [1, 4, (11, 10, 21, 20)], [2, 5, (50, 60, 58, 70)]]
+
+    def table(rows, stacks=None):
+        return BoxTable.from_rows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                  [0.9] * len(rows), stacks)
+
+    assert [s.z for s in detection_from_table(table(good), stack, (0.5, 0.1, 0.1)).spines] == [(3, 4), (5,)]
+    for rows, words in (([[1, 10, (10, 10, 20, 20)]], "slice not in the stack"),
+                        ([[1, 2, (120, 10, 140, 20)]], "outside the 128 x 128 pixel image"),
+                        ([[1, 2, (20, 10, 10, 20)]], "no area"),
+                        ([[0, 2, (10, 10, 20, 20)]], "spine ids start at 1"),
+                        ([[1, 2, (10, 10, 20, 20)], [1, 2, (12, 10, 22, 20)]], "same slice")):
+        with pytest.raises(SpineDetError, match=words):
+            detection_from_table(table(rows), stack)
+    with pytest.raises(SpineDetError, match="2 stacks"):
+        detection_from_table(table(good, ["a", "a", "b"]), stack)
+
+
+def test_spine_track_reuses_spine_runs_tables(blob_series, blob_model, tmp_path, monkeypatch):
+    """--detections DIR: sessions with DIR/<stem>_boxes.csv are read, not detected; the series is the same, a
+    table corrected by hand changes it, and a folder with no table or a table of another stack is one line."""
+    from spinedet.runtime.cli import run_app
+    from spinedet.runtime.detector import SpineDetector
+
+    ran = CliRunner().invoke(run_app, [*map(str, blob_series), "--model", str(blob_model), "--out",
+                                       str(tmp_path / "det"), "-q"])
+    assert ran.exit_code == 0, ran.output
+    plain = tmp_path / "plain"
+    assert track(*blob_series, "--model", blob_model, "--out", plain, "--max-rotation", "0", "-q").exit_code == 0
+    calls = []
+    detect = SpineDetector.detect
+    monkeypatch.setattr(SpineDetector, "detect", lambda self, *a, **k: calls.append(1) or detect(self, *a, **k))
+
+    reused = tmp_path / "reused"
+    result = track(*blob_series, "--model", blob_model, "--out", reused, "--max-rotation", "0", "--detections",
+                   tmp_path / "det")
+    assert result.exit_code == 0, result.output
+    assert calls == [] and "from " in result.stderr and "day1_boxes.csv" in result.stderr
+    for table in ("observations", "spines", "sessions"):
+        assert (reused / f"series_{table}.csv").read_text() == (plain / f"series_{table}.csv").read_text(), table
+    summary = json.loads((reused / "series_summary.json").read_text())
+    assert summary["detections_read"] == [str(tmp_path / "det" / f"day{k}_boxes.csv") for k in (1, 2, 3)]
+
+    # day 2's table gone: only day 2 is detected; day 3's table corrected by hand: a spine removed there is lost
+    (tmp_path / "det" / "day2_boxes.csv").unlink()
+    rows = (tmp_path / "det" / "day3_boxes.csv").read_text().splitlines()
+    removed = rows[1].split(",")[0]
+    (tmp_path / "det" / "day3_boxes.csv").write_text(
+        "\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0] != removed]) + "\n")
+    edited = tmp_path / "edited"
+    result = track(*blob_series, "--model", blob_model, "--out", edited, "--max-rotation", "0", "--detections",
+                   tmp_path / "det", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    states = [r["state"] for r in csv.DictReader((edited / "series_spines.csv").open())]
+    assert sorted(states) == sorted(["stable"] * 8 + ["lost"] * 2 + ["gained"]), states
+
+    # refused in one line, nothing written: no table at all, a table of another stack
+    for k in (1, 3):
+        (tmp_path / "det" / f"day{k}_boxes.csv").unlink()
+    result = track(*blob_series, "--model", blob_model, "--out", tmp_path / "none", "--detections", tmp_path / "det")
+    assert result.exit_code == 1 and "no table for any session" in result.stderr and not (tmp_path / "none").exists()
+    (tmp_path / "det" / "day2_boxes.csv").write_text("spine_id,z,xmin,ymin,xmax,ymax,score\n1,12,1,1,5,5,0.9\n")
+    result = track(*blob_series, "--model", blob_model, "--out", tmp_path / "other", "--detections", tmp_path / "det")
+    err = result.stderr.strip()
+    assert result.exit_code == 1 and len(err.splitlines()) == 1 and "day2_boxes.csv" in err and "slice" in err, err
+    assert not (tmp_path / "other").exists() and len(calls) == 1
+
+
 def test_bad_options_are_one_line_before_any_input(blob_series, blob_model, tmp_path, monkeypatch, capsys):
     from spinedet.runtime import track_cli
 
