@@ -14,7 +14,9 @@ slices (0 = the first slice), voxel sizes in µm.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -22,12 +24,41 @@ from .detector import DetectionResult, max_projection
 from .errors import SpineDetError
 from .spines import box_fluorescence, spine_from_track
 from .stacks import Stack
-from .tables import BoxTable
+from .tables import BoxTable, read_box_table
 from .tracking import Track, tracks_to_table
 from .voxels import as_voxel_size
 
 #: pixels a box edge may lie outside the image (rounding in a table written elsewhere)
 EDGE_TOLERANCE_PX = 1.0
+
+
+def read_detections(path) -> tuple[BoxTable, dict]:
+    """A ``<stem>_boxes.csv`` and the run summary spine-run wrote beside it (``<stem>_summary.json``; ``{}`` where
+    there is none, as for a table made by hand).  Raises SpineDetError for an unreadable table or summary."""
+    path = Path(path)
+    table = read_box_table(path)
+    summary_path = path.with_name(path.name[: -len("_boxes.csv")] + "_summary.json") \
+        if path.name.endswith("_boxes.csv") else None
+    if summary_path is None or not summary_path.is_file():
+        return table, {}
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpineDetError(f"unreadable run summary ({type(exc).__name__})", summary_path) from None
+    return table, summary if isinstance(summary, dict) else {}
+
+
+def check_run(summary: dict, shape) -> None:
+    """Raise SpineDetError where spine-run's ``summary`` of a table says it does not describe 3D spines of a stack
+    of ``shape`` ``(Z, Y, X)``: found on the maximum projection (``--mip``: every box in slice 0), or in a stack
+    of another shape."""
+    if summary.get("mode") == "maximum projection" and shape[0] > 1:
+        raise SpineDetError("was found on the maximum projection (spine-run --mip): its spines have no depth; run "
+                            "spine-run without --mip for spine-track")
+    made = summary.get("shape_zyx")
+    if isinstance(made, list) and len(made) == 3 and tuple(made) != tuple(shape):
+        raise SpineDetError(f"was found in a stack of shape {tuple(made)}, this one is {tuple(shape)} "
+                            "(is it the table of another stack?)")
 
 
 def check_table(table: BoxTable, shape, z_index=None) -> None:

@@ -143,7 +143,7 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
     from .context import ASSUMED_Z_STEP_UM
     from .files import write_all
     from .session_reports import series_files, state_counts
-    from .reuse import check_table, detection_from_table
+    from .reuse import check_run, check_table, detection_from_table
     from .sessions import add_session, session_spines, start_series
     from .stacks import open_stack
 
@@ -165,10 +165,10 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
             shapes.append(stack.shape)
             if k in tables:
                 try:
+                    check_run(tables[k][2], stack.shape)
                     check_table(tables[k][1], stack.shape, stack.z_index)
                 except SpineDetError as exc:
-                    raise SpineDetError(f"session {k}: {exc.with_path(tables[k][0])} (the stack: {inputs[k][2]}, "
-                                        f"shape {stack.shape})") from None
+                    raise SpineDetError(f"session {k}: {exc.with_path(tables[k][0])} (the stack: {inputs[k][2]})") from None
     first_voxel = voxels[0]
     for k, (voxel, shape) in enumerate(zip(voxels, shapes)):
         label = inputs[k][2]
@@ -235,12 +235,12 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
 
 
 def _reused_tables(inputs, folder) -> dict:
-    """``{session: (path, BoxTable)}`` of the sessions whose ``<stem>_boxes.csv`` (spine-run's name) is in ``folder``.
+    """``{session: (path, BoxTable, run summary)}`` of the sessions whose ``<stem>_boxes.csv`` (spine-run's name) is in ``folder``.
 
     Refuses a folder that is missing or holds no table for any session, and time points of one file (spine-run
     writes no tables for those)."""
     from .batch import assign_stems
-    from .tables import read_box_table
+    from .reuse import read_detections
 
     if folder is None:
         return {}
@@ -256,7 +256,7 @@ def _reused_tables(inputs, folder) -> dict:
     if not found:
         raise SpineDetError(f"--detections: no table for any session (looked for {stems[0]}_boxes.csv"
                             f"{', ...' if len(stems) > 1 else ''}; spine-run --out DIR writes them)", folder)
-    return {k: (path, read_box_table(path)) for k, path in found.items()}
+    return {k: (path, *read_detections(path)) for k, path in found.items()}
 
 
 def _close(a, b) -> bool:

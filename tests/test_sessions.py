@@ -467,6 +467,15 @@ def test_spine_track_reuses_spine_runs_tables(blob_series, blob_model, tmp_path,
     err = result.stderr.strip()
     assert result.exit_code == 1 and len(err.splitlines()) == 1 and "day2_boxes.csv" in err and "slice" in err, err
     assert not (tmp_path / "other").exists() and len(calls) == 1
+    # a table found on the maximum projection (spine-run --mip) has no depth: refused, naming why
+    ran = CliRunner().invoke(run_app, [str(blob_series[0]), "--model", str(blob_model), "--out",
+                                       str(tmp_path / "mip"), "--mip", "-q"])
+    assert ran.exit_code == 0, ran.output
+    del calls[:]                                              # (spine-run detected, in this process)
+    result = track(*blob_series, "--model", blob_model, "--out", tmp_path / "flat", "--detections", tmp_path / "mip")
+    err = result.stderr.strip()
+    assert result.exit_code == 1 and len(err.splitlines()) == 1 and "--mip" in err and "day1_boxes.csv" in err, err
+    assert not (tmp_path / "flat").exists() and calls == []
 
 
 def test_bad_options_are_one_line_before_any_input(blob_series, blob_model, tmp_path, monkeypatch, capsys):
