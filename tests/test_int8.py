@@ -73,6 +73,11 @@ def test_int8_graph_is_quantised_clean_and_carded(int8_report):
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
     assert "HardSigmoid" not in ops  # plain Clip(0, 6) was quantised, not the unit clips
     assert {"NonMaxSuppression", "RoiAlign"} <= set(ops)  # NMS and RoI pooling stay float
+    # weights in a 7-bit range (reduce_range): no saturating uint8 x int8 pair sums on CPUs without VNNI
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(i) for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(weights) > 20 and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
     assert check_graph(graph) == []
     card = load_card(int8_report.onnx_path)
     assert card.precision == "int8" and int8_report.precision == "int8"
