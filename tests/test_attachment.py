@@ -147,6 +147,7 @@ def test_spine_run_shaft_options(shaft_model, tmp_path):
 def test_the_shipped_card_asks_for_the_check():
     assert load_card(shipped_model_path()).shaft_distance_um == 1.0
     assert load_card(shipped_model_path("spinedet_default_trt.onnx")).shaft_distance_um == 1.0
+    assert load_card(shipped_model_path("spinedet_default_int8.onnx")).shaft_distance_um == 1.0
 
 
 def _real_spines(root, split):
