@@ -8,8 +8,9 @@ slice order, and their fluorescence is measured on the stack exactly as
 (:func:`~spinedet.runtime.spines.box_fluorescence`, gaps filled by
 :func:`~spinedet.runtime.spines.spine_from_track`).  No model runs.
 
-Units: boxes (x_min, y_min, x_max, y_max) in pixels of the stack, ``z`` in
-slices (0 = the first slice), voxel sizes in µm.
+Units: boxes (x_min, y_min, x_max, y_max) in pixels of the stack, ``z`` the
+stack's slice numbers as spine-run writes them (0 = the first slice of a TIFF;
+a folder of numbered PNG slices keeps its numbers), voxel sizes in µm.
 """
 
 from __future__ import annotations
