@@ -105,7 +105,7 @@ def spine_track(
     as_json: Json = False,
 ):
     """Follow dendritic spines over imaging sessions: one id per spine, gained, lost, survival, turnover."""
-    from .detector import SpineDetector
+    from .batch import DetectorOptions
 
     if reference not in REFERENCES:
         fail(TOOL, f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
@@ -118,10 +118,9 @@ def spine_track(
     for value, option in ((pixel_size, "--pixel-size"), (z_step, "--z-step")):
         if value is not None and not value > 0:
             fail(TOOL, f"{option} must be a positive number of µm, got {value}")
-    detector = guarded(TOOL, lambda: SpineDetector(
-        model, device=device.value, batch=batch, threads=threads, score_threshold=score_threshold,
-        link_threshold=link_threshold, max_area_um2=max_area, shaft_distance_um=shaft_distance_um(shaft_distance,
-                                                                                                   no_shaft_check)))
+    options = DetectorOptions(model, device.value, batch, threads, score_threshold, link_threshold, max_area,
+                              shaft_distance_um(shaft_distance, no_shaft_check))
+    detector = guarded(TOOL, options.load)
     settings = {"batch": batch, "device": detector.backend.device, "channel": channel,
                 "score_threshold": detector.score_threshold, "link_threshold": detector.link_threshold,
                 "max_area_um2": detector.max_area_um2, "shaft_distance_um": detector.shaft_distance_um}
@@ -168,7 +167,8 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
                     check_run(tables[k][2], stack.shape)
                     check_table(tables[k][1], stack.shape, stack.z_index)
                 except SpineDetError as exc:
-                    raise SpineDetError(f"session {k}: {exc.with_path(tables[k][0])} (the stack: {inputs[k][2]})") from None
+                    raise SpineDetError(f"session {k}: {exc.with_path(tables[k][0])} "
+                                        f"(the stack: {inputs[k][2]})") from None
     first_voxel = voxels[0]
     for k, (voxel, shape) in enumerate(zip(voxels, shapes)):
         label = inputs[k][2]
@@ -235,7 +235,8 @@ def _track(detector, paths, out, name, max_distance, max_gap, reference, max_rot
 
 
 def _reused_tables(inputs, folder) -> dict:
-    """``{session: (path, BoxTable, run summary)}`` of the sessions whose ``<stem>_boxes.csv`` (spine-run's name) is in ``folder``.
+    """``{session: (path, BoxTable, run summary)}`` of the sessions whose ``<stem>_boxes.csv`` (spine-run's name)
+    is in ``folder``.
 
     Refuses a folder that is missing or holds no table for any session, and time points of one file (spine-run
     writes no tables for those)."""

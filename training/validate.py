@@ -22,7 +22,6 @@ numpy + onnxruntime only.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import typer
 
 from spinedet.runtime.cliutil import (Batch, Device, DeviceName, Json, NoShaftCheck, Quiet, Threads, guarded, make_app,
-                                      note, run, say)
+                                      note, run, say, shaft_distance_um)
 from spinedet.runtime.contract import ModelCard, card_path
 from spinedet.runtime.detector import SpineDetector
 from spinedet.runtime.evaluate import f1_2d, f1_3d, scores_from_counts
@@ -248,7 +247,7 @@ def spine_validate(
     def main():
         start = time.perf_counter()
         calibration = card = None
-        shaft = math.inf if no_shaft_check else None  # None: the card's
+        shaft = shaft_distance_um(None, no_shaft_check)  # None: the card's
         detector = SpineDetector(model, device=device.value, batch=batch, threads=threads,
                                  shaft_distance_um=shaft)  # a bad model fails first
         if not (root / "labels.csv").is_file():
