@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinedet.runtime.evaluate_sessions import session_matches
+from spinedet.runtime.evaluate_sessions import session_matches, tracks_by_session
 from spinedet.runtime.session_reports import read_series
 
 
@@ -54,10 +54,11 @@ def one_series(truth_path: Path, pred_dir: Path, counts: Counter) -> None:
     rows = truth_rows(truth_path, n)
     matches = [session_matches(p, g) for p, g in zip(pred.boxes, truth.boxes)]   # predicted spine -> true spine
     found = [{g: p for p, g in m.items()} for m in matches]                          # true spine -> predicted spine
-    track_of = [dict() for _ in range(n)]                                            # predicted spine -> track
-    for t, k, seen, s in zip(pred.track_id, pred.session, pred.present, pred.spine_id):
-        if seen:
-            track_of[k][int(s)] = int(t)
+    track_of = tracks_by_session(pred)                                               # predicted spine -> track
+    spines_of = {}                                                                   # track -> {session: spine}
+    for k, seen in enumerate(track_of):
+        for s, t in seen.items():
+            spines_of.setdefault(t, {})[k] = s
     ids, present, shown = pred.presence()
 
     def seen_truth(t, k):
@@ -95,8 +96,7 @@ def one_series(truth_path: Path, pred_dir: Path, counts: Counter) -> None:
         if not shown[row].all():
             continue
         hits = np.flatnonzero(present[row])
-        spine_at = {k: s for k, m in enumerate(track_of) for s, t in m.items() if t == track}
-        true_at = {k: matches[k].get(s) for k, s in spine_at.items()}
+        true_at = {k: matches[k].get(s) for k, s in spines_of[int(track)].items()}
         for side, k, step in (("predicted gain", hits[0], -1), ("predicted loss", hits[-1], +1)):
             if (side == "predicted gain" and k == 0) or (side == "predicted loss" and k == n - 1):
                 continue

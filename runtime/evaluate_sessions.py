@@ -135,6 +135,16 @@ def link_scores(truth: list, pred: list, matches: list, truth_visible: dict | No
     }
 
 
+def tracks_by_session(series) -> list[dict]:
+    """Per session, ``{spine id: track id}`` of the spines seen there, from a series read by
+    :func:`~spinedet.runtime.session_reports.read_series`."""
+    out = [dict() for _ in range(series.n_sessions)]
+    for t, k, seen, s in zip(series.track_id, series.session, series.present, series.spine_id):
+        if seen:
+            out[k][int(s)] = int(t)
+    return out
+
+
 def score_series(truth, pred, match_iom: float = MATCH_IOM) -> dict:
     """:func:`link_scores` of two series as read by :func:`~spinedet.runtime.session_reports.read_series`
     (both need their per-session ``_boxes.csv``)."""
@@ -146,16 +156,9 @@ def score_series(truth, pred, match_iom: float = MATCH_IOM) -> dict:
             raise SpineDetError(f"the {what} lacks the box table of session {missing[0]} "
                                 f"(NAME_s{missing[0]}_boxes.csv)")
 
-    def per_session(series):
-        out = [dict() for _ in range(series.n_sessions)]
-        for t, k, seen, s in zip(series.track_id, series.session, series.present, series.spine_id):
-            if seen:
-                out[k][int(s)] = int(t)
-        return out
-
     def visible(series):
         ids, _, shown = series.presence()
         return {int(t): row.tolist() for t, row in zip(ids, shown)}
 
     matches = [session_matches(p, g, match_iom) for p, g in zip(pred.boxes, truth.boxes)]
-    return link_scores(per_session(truth), per_session(pred), matches, visible(truth), visible(pred))
+    return link_scores(tracks_by_session(truth), tracks_by_session(pred), matches, visible(truth), visible(pred))
